@@ -1,0 +1,2 @@
+#include "../pod/launch.cuh"
+POD_INSTANTIATE(__nv_bfloat16, 64)

@@ -1,0 +1,2 @@
+#include "../pod/launch.cuh"
+POD_INSTANTIATE(__half, 128)

@@ -1,0 +1,133 @@
+// Where finished rows go, and how partial results are combined: across the warps of a decode tile
+// (shared memory) and across the KV-splits of a work item (workspace, merged by the last split).
+#pragma once
+#include <cmath>
+#include "attention_tile.cuh"
+
+namespace pod {
+
+// Address of (row, column d) of an item in `out`; rows are token-major, heads of the group minor.
+template <typename T>
+__device__ __forceinline__ T* out_at(const PodParams& p, const WorkItem& it, int row, int d) {
+  const int t = row / it.nh;
+  const int h = it.kv_head * p.group + it.h0 + (row - t * it.nh);
+  return static_cast<T*>(p.out) + (it.q_start + t) * p.o_stride_tok + h * p.o_stride_head + d;
+}
+
+// Writes normalised rows of an item: to `out` (as T) when the item is unsplit, else to its
+// partial-output rows in the fp32 workspace together with the row's log2-sum-exp.
+template <class Cfg>
+struct RowSink {
+  using T = typename Cfg::T;
+  const PodParams& p;
+  const WorkItem& it;
+
+  __device__ __forceinline__ void put(int r, int d, float v0, float v1) const {
+    if (it.slot >= 0) {
+      *reinterpret_cast<float2*>(p.partial_o + int64_t(it.slot + r) * Cfg::D + d) = make_float2(v0, v1);
+    } else {
+      *reinterpret_cast<uint32_t*>(out_at<T>(p, it, r, d)) = pack2<T>(v0, v1);
+    }
+  }
+  __device__ __forceinline__ void put_lse(int r, float lse) const {
+    if (it.slot >= 0) p.partial_lse[it.slot + r] = lse;
+  }
+};
+
+// Prefill: each warp writes its own 16 rows straight from registers.
+template <class Cfg>
+__device__ __forceinline__ void store_warp_rows(WarpState<Cfg>& st, const RowSink<Cfg>& sink,
+                                                int row0, int used, float scale_log2) {
+  float lse[2];
+  st.finalize(scale_log2, lse);
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + (lane >> 2) + 8 * r;
+    if (row >= used) continue;
+#pragma unroll
+    for (int j = 0; j < Cfg::D / 8; ++j)
+      sink.put(row, 8 * j + 2 * (lane & 3), st.o[j][2 * r], st.o[j][2 * r + 1]);
+    if ((lane & 3) == 0) sink.put_lse(row, lse[r]);
+  }
+}
+
+// Decode: the warps hold the same 16 rows over different keys; combine them through shared memory
+// (which the caller has finished using for tiles) and write the rows with all threads.
+template <class Cfg>
+__device__ __forceinline__ void merge_decode_warps(WarpState<Cfg>& st, const RowSink<Cfg>& sink,
+                                                   float* scratch, int used, float scale_log2) {
+  constexpr int D = Cfg::D, R = Cfg::kDecodeRows;
+  float* s_o = scratch;                           // [kDecodeWarps][R][D]
+  float* s_lse = scratch + Cfg::kWarps * R * D;   // [kDecodeWarps][R]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp < Cfg::kDecodeWarps) {
+    float lse[2];
+    st.finalize(scale_log2, lse);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = (lane >> 2) + 8 * r;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        *reinterpret_cast<float2*>(s_o + (warp * R + row) * D + 8 * j + 2 * (lane & 3)) =
+            make_float2(st.o[j][2 * r], st.o[j][2 * r + 1]);
+      if ((lane & 3) == 0) s_lse[warp * R + row] = lse[r];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < used * (D / 2); idx += Cfg::kThreads) {
+    const int row = idx / (D / 2), d = (idx % (D / 2)) * 2;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < Cfg::kDecodeWarps; ++w) mx = fmaxf(mx, s_lse[w * R + row]);
+    float a0 = 0.f, a1 = 0.f, wsum = 0.f;
+#pragma unroll
+    for (int w = 0; w < Cfg::kDecodeWarps; ++w) {
+      const float wt = exp2f(s_lse[w * R + row] - mx);  // empty warps: exp2(-inf) = 0
+      const float2 v = *reinterpret_cast<const float2*>(s_o + (w * R + row) * D + d);
+      a0 += wt * v.x;
+      a1 += wt * v.y;
+      wsum += wt;
+    }
+    sink.put(row, d, a0 / wsum, a1 / wsum);
+    if (d == 0) sink.put_lse(row, mx + __log2f(wsum));
+  }
+}
+
+// After this CTA wrote its split's partial rows: count the split in; the CTA that completes the
+// group combines all splits into `out` and re-zeroes the counter (so the next launch, or a CUDA
+// graph replay, starts clean without a memset).
+template <class Cfg>
+__device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem& it, int used,
+                                             int* s_flag) {
+  using T = typename Cfg::T;
+  constexpr int D = Cfg::D;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int done = atomicAdd(p.counters + kCtrMerge + it.merge_id, 1);
+    *s_flag = done == it.num_splits - 1;
+    if (*s_flag) p.counters[kCtrMerge + it.merge_id] = 0;
+  }
+  __syncthreads();
+  if (!*s_flag) return;
+  __threadfence();
+  for (int idx = threadIdx.x; idx < used * (D / 2); idx += Cfg::kThreads) {
+    const int row = idx / (D / 2), d = (idx % (D / 2)) * 2;
+    float mx = -INFINITY;
+    for (int s = 0; s < it.num_splits; ++s)
+      mx = fmaxf(mx, __ldcg(p.partial_lse + it.slot_base + s * used + row));
+    float a0 = 0.f, a1 = 0.f, wsum = 0.f;
+    for (int s = 0; s < it.num_splits; ++s) {
+      const int64_t prow = it.slot_base + s * used + row;
+      const float wt = exp2f(__ldcg(p.partial_lse + prow) - mx);
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(p.partial_o + prow * D + d));
+      a0 += wt * v.x;
+      a1 += wt * v.y;
+      wsum += wt;
+    }
+    *reinterpret_cast<uint32_t*>(out_at<T>(p, it, row, d)) = pack2<T>(a0 / wsum, a1 / wsum);
+  }
+}
+
+}  // namespace pod

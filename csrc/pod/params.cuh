@@ -1,0 +1,62 @@
+// What the host hands the fused kernel: tensors as raw pointers + strides, and the plan built by
+// vllm_pod/plan.py. The layout constants here are mirrored in vllm_pod/plan.py (PLAN_* / ITEM_*).
+#pragma once
+#include <cstdint>
+
+namespace pod {
+
+// Plan buffer (int32): a header, then prefill items, then decode items (ITEM_INTS ints each).
+constexpr int PLAN_HEADER_INTS = 4;
+enum PlanHeader { kNumPrefillItems = 0, kNumDecodeItems = 1, kDecodeSlotsPerSm = 2 };
+
+// One unit of work: query rows = n_tok tokens x nh heads of one KV head's GQA group, against the
+// keys [kv_start, kv_end) of one request. slot >= 0 marks one KV-split of a merge group.
+struct WorkItem {
+  int req;         // row of block_table
+  int kv_head;
+  int h0, nh;      // query heads kv_head*group + [h0, h0+nh)
+  int q_start;     // first token (row of query/out)
+  int n_tok;
+  int q_pos0;      // sequence position of the first token (causal mask)
+  int kv_start;    // multiple of the key tile
+  int kv_end;
+  int slot;        // first workspace row of this split's partial output, or -1 (write out directly)
+  int slot_base;   // workspace row of split 0 of the group (splits are consecutive)
+  int num_splits;
+  int merge_id;    // counter index; the last split to finish merges the group
+  int pad0, pad1, pad2;
+};
+constexpr int ITEM_INTS = sizeof(WorkItem) / sizeof(int);
+static_assert(ITEM_INTS == 16, "plan.py assumes 16 ints per item");
+
+// Scheduler counters (int32, zero at allocation, re-zeroed by the kernel's last CTA).
+constexpr int kCtrQueueHead = 0;  // [0] prefill head, [1] decode head
+constexpr int kCtrDone = 2;
+constexpr int kCtrSmSlots = 4;     // per-SM arrival counters start here
+constexpr int kMaxSmIds = 1024;    // bound on %nsmid we index by
+constexpr int kCtrMerge = kCtrSmSlots + kMaxSmIds;  // merge-group counters start here
+
+struct PodParams {
+  const void* q;      // [tokens, Hq, D]
+  const void* k;      // paged: block, token-in-block, head strides (elements)
+  const void* v;
+  void* out;          // [tokens, Hq, D]
+  const int* block_table;
+  const int* plan;
+  int* counters;
+  float* partial_o;   // [workspace rows, D]
+  float* partial_lse; // [workspace rows], log2 domain
+
+  int64_t q_stride_tok, q_stride_head;
+  int64_t o_stride_tok, o_stride_head;
+  int64_t k_stride_blk, k_stride_tok, k_stride_head;
+  int64_t v_stride_blk, v_stride_tok, v_stride_head;
+  int64_t bt_stride;
+
+  int group;            // Hq / Hkv
+  int log2_block_size;
+  float scale_log2;     // softmax_scale * log2(e)
+  int ctas_per_sm;
+};
+
+}  // namespace pod

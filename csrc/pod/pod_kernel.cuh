@@ -1,0 +1,103 @@
+// The fused POD kernel: one persistent launch; each CTA runs prefill and decode items as the
+// scheduler hands them out. Both item kinds stream K/V tiles through the same two-stage cp.async
+// pipeline and differ only in how the four warps share a tile (rows vs keys) and in the epilogue.
+#pragma once
+#include "merge.cuh"
+#include "scheduler.cuh"
+#include "tile_loader.cuh"
+
+namespace pod {
+
+template <class Cfg, int kKind>
+__device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it, char* smem,
+                                         int* s_flag) {
+  using T = typename Cfg::T;
+  constexpr bool kIsDecode = kKind == kDecode;
+  constexpr int kRows = kIsDecode ? Cfg::kDecodeRows : Cfg::kPrefillRows;
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sKV = sQ + Cfg::kQElems;  // [stage][K|V][kKeys][D]
+  auto sK = [&](int stage) { return sKV + (2 * stage) * Cfg::kKVElems; };
+  auto sV = [&](int stage) { return sKV + (2 * stage + 1) * Cfg::kKVElems; };
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int used = it.n_tok * it.nh;
+  const int row0 = kIsDecode ? 0 : warp * 16;  // this warp's first query row
+  int row_pos[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) row_pos[r] = it.q_pos0 + (row0 + (lane >> 2) + 8 * r) / it.nh;
+  // Tiles starting past this need the mask (causal diagonal or the end of the key range).
+  const int mask_from = min(it.kv_end, it.q_pos0 + 1) - Cfg::kKeys;
+
+  WarpState<Cfg> st;
+  st.init();
+  const int num_tiles = (it.kv_end - it.kv_start + Cfg::kKeys - 1) / Cfg::kKeys;
+  load_query_rows<Cfg>(sQ, p, it, kRows);
+  load_kv_tile<Cfg>(sK(0), sV(0), p, it, it.kv_start);
+  cp_async_commit();
+  for (int t = 0; t < num_tiles; ++t) {
+    const int tile_start = it.kv_start + t * Cfg::kKeys;
+    if (t + 1 < num_tiles) {
+      load_kv_tile<Cfg>(sK((t + 1) & 1), sV((t + 1) & 1), p, it, tile_start + Cfg::kKeys);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int stage = t & 1;
+    const bool masked = tile_start > mask_from;
+    if constexpr (kIsDecode) {
+      if (warp < Cfg::kDecodeWarps) {
+        const int kw0 = warp * Cfg::kDecodeWarpKeys;
+        if (masked)
+          warp_attend<Cfg, Cfg::kDecodeWarpKeys, true>(st, sQ, sK(stage), sV(stage), 0, kw0,
+                                                       tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
+        else
+          warp_attend<Cfg, Cfg::kDecodeWarpKeys, false>(st, sQ, sK(stage), sV(stage), 0, kw0,
+                                                        tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
+      }
+    } else if (row0 < used) {  // warps whose rows are all padding skip the math
+      if (masked)
+        warp_attend<Cfg, Cfg::kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
+                                           it.kv_end, row_pos, p.scale_log2);
+      else
+        warp_attend<Cfg, Cfg::kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
+                                            it.kv_end, row_pos, p.scale_log2);
+    }
+    __syncthreads();  // the stage is refilled next iteration
+  }
+
+  const RowSink<Cfg> sink{p, it};
+  if constexpr (kIsDecode)
+    merge_decode_warps<Cfg>(st, sink, reinterpret_cast<float*>(smem), used, p.scale_log2);
+  else
+    store_warp_rows<Cfg>(st, sink, row0, used, p.scale_log2);
+  if (it.slot >= 0) finish_split<Cfg>(p, it, used, s_flag);
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 2) pod_attention_kernel(const PodParams p) {
+  extern __shared__ __align__(128) char smem[];
+  __shared__ WorkItem s_item;
+  __shared__ int s_kind, s_index, s_flag;
+  Scheduler sched{p.plan, p.counters, p.ctas_per_sm};
+  if (threadIdx.x == 0) sched.start();
+  while (true) {
+    if (threadIdx.x == 0) {
+      s_index = sched.next(&s_kind);
+      if (s_index >= 0)
+        s_item = reinterpret_cast<const WorkItem*>(p.plan + PLAN_HEADER_INTS)[s_index];
+    }
+    __syncthreads();
+    if (s_index < 0) break;
+    const WorkItem it = s_item;
+    if (s_kind == kDecode)
+      run_item<Cfg, kDecode>(p, it, smem, &s_flag);
+    else
+      run_item<Cfg, kPrefill>(p, it, smem, &s_flag);
+    __syncthreads();  // shared memory and s_item are reused by the next item
+  }
+  if (threadIdx.x == 0) sched.finish();
+}
+
+}  // namespace pod

@@ -1,0 +1,41 @@
+// Tile shapes and the shared-memory layout of one CTA. Both tile kinds share one layout so a CTA
+// can switch between prefill and decode work from one item to the next.
+#pragma once
+#include "params.cuh"
+
+namespace pod {
+
+template <typename T_, int D_>
+struct TileConfig {
+  using T = T_;
+  static constexpr int D = D_;
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  // Prefill tile: each warp owns 16 query rows (one m16 MMA tile) -> 64 rows share each K/V tile.
+  static constexpr int kPrefillRows = kWarps * 16;
+  // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
+  static constexpr int kDecodeRows = 16;
+  static constexpr int kDecodeWarpKeys = 16;
+  // Keys per shared-memory K/V tile: 64, halved at D=256 to keep two CTAs per SM.
+  static constexpr int kKeys = D <= 128 ? 64 : 32;
+  static constexpr int kDecodeWarps = kKeys / kDecodeWarpKeys;
+  static constexpr int kStages = 2;
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+
+  static constexpr int kQElems = kPrefillRows * D;
+  static constexpr int kKVElems = kKeys * D;
+  static constexpr size_t kSmemBytes = sizeof(T) * (kQElems + 2 * kStages * kKVElems);
+  // Decode's cross-warp merge reuses the whole region once the key loop is done.
+  static constexpr size_t kMergeBytes = sizeof(float) * kWarps * kDecodeRows * (D + 1);
+  static_assert(kMergeBytes <= kSmemBytes, "decode merge scratch must fit the tile region");
+  static_assert(kChunks >= 8, "the XOR swizzle needs at least 8 chunks per row");
+  static_assert(64 % kKeys == 0, "plan.py aligns KV splits to 64 keys");
+
+  // Offset (elements) of column `col` (a multiple of 8) of row `row` in a swizzled [rows][D] tile:
+  // 16-byte chunks XOR-ed with the row so ldmatrix's 8 row addresses hit 8 distinct bank groups.
+  __device__ __forceinline__ static int swz(int row, int col) {
+    return row * D + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8;
+  }
+};
+
+}  // namespace pod

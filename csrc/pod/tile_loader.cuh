@@ -1,0 +1,52 @@
+// Global -> shared copies of one work item's query rows and of one K/V tile gathered from the
+// paged cache (any block/token/head strides; the head dim is contiguous). All threads take part.
+#pragma once
+#include "ptx.cuh"
+#include "tile_config.cuh"
+
+namespace pod {
+
+// Query rows r = token * nh + head of the item; rows past the item are zero-filled (never written out).
+template <class Cfg>
+__device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodParams& p,
+                                                const WorkItem& it, int rows) {
+  using T = typename Cfg::T;
+  const T* q = static_cast<const T*>(p.q);
+  const int used = it.n_tok * it.nh;
+  for (int idx = threadIdx.x; idx < rows * Cfg::kChunks; idx += Cfg::kThreads) {
+    const int r = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
+    const bool valid = r < used;
+    const int t = valid ? r / it.nh : 0;
+    const int h = it.kv_head * p.group + it.h0 + (valid ? r - t * it.nh : 0);
+    const T* src = q + (it.q_start + t) * p.q_stride_tok + h * p.q_stride_head + c * 8;
+    cp_async_16(sQ + Cfg::swz(r, c * 8), src, valid);
+  }
+}
+
+// Keys [tile_start, tile_start + kKeys) of K and V; keys at or past kv_end are zero-filled so that
+// masked probabilities (exactly 0) never meet uninitialised values.
+template <class Cfg>
+__device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
+                                             const PodParams& p, const WorkItem& it,
+                                             int tile_start) {
+  using T = typename Cfg::T;
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const int* pages = p.block_table + it.req * p.bt_stride;
+  const int mask = (1 << p.log2_block_size) - 1;
+#pragma unroll
+  for (int i = 0; i < Cfg::kKeys * Cfg::kChunks / Cfg::kThreads; ++i) {
+    const int idx = i * Cfg::kThreads + threadIdx.x;
+    const int key = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
+    const int pos = tile_start + key;
+    const bool valid = pos < it.kv_end;
+    const int64_t page = valid ? __ldg(pages + (pos >> p.log2_block_size)) : 0;
+    const int64_t off = valid ? (pos & mask) : 0;
+    const T* ks = k + page * p.k_stride_blk + off * p.k_stride_tok + it.kv_head * p.k_stride_head + c * 8;
+    const T* vs = v + page * p.v_stride_blk + off * p.v_stride_tok + it.kv_head * p.v_stride_head + c * 8;
+    cp_async_16(sK + Cfg::swz(key, c * 8), ks, valid);
+    cp_async_16(sV + Cfg::swz(key, c * 8), vs, valid);
+  }
+}
+
+}  // namespace pod

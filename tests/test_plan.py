@@ -1,0 +1,162 @@
+"""The planner on the CPU: invariants the kernel relies on, and a float64 execution of the plan's
+work items (splits merged as the kernel merges them) that must equal the reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from vllm_pod.plan import DECODE_TILE_ROWS, ITEM_FIELDS, PREFILL_TILE_ROWS, SPLIT_ALIGN, PodPlanner
+from vllm_pod.reference import gather_kv, reference_attention
+from vllm_pod.testing import make_batch
+
+F = {name: i for i, name in enumerate(ITEM_FIELDS)}
+
+
+def planner_for(b, num_sms=4, ctas_per_sm=2, max_num_tokens=4096, max_num_reqs=64):
+    return PodPlanner(num_q_heads=b.query.shape[1], num_kv_heads=b.key_cache.shape[2],
+                      head_dim=b.query.shape[2], block_size=b.key_cache.shape[1], num_sms=num_sms,
+                      ctas_per_sm=ctas_per_sm, max_num_reqs=max_num_reqs,
+                      max_num_tokens=max_num_tokens, device="cpu")
+
+
+def execute_plan(b, plan):
+    """Runs the items like the kernel: each writes its rows or its split's partial rows; the
+    partials of a merge group are combined by log-sum-exp weights."""
+    hq, hkv = b.query.shape[1], b.key_cache.shape[2]
+    group = hq // hkv
+    out = torch.full(b.query.shape, float("nan"), dtype=torch.float64)
+    written = torch.zeros(b.query.shape[:2], dtype=torch.int32)
+    partial = {}
+    groups = {}
+    for it in plan.items:
+        it = {k: int(it[i]) for k, i in F.items()}
+        seq_len = int(b.seq_lens[it["req"]])
+        k = gather_kv(b.key_cache, b.block_table[it["req"]], seq_len)[:, it["kv_head"]].double()
+        v = gather_kv(b.value_cache, b.block_table[it["req"]], seq_len)[:, it["kv_head"]].double()
+        for t in range(it["n_tok"]):
+            pos = it["q_pos0"] + t
+            keys = torch.arange(it["kv_start"], min(it["kv_end"], pos + 1))
+            assert len(keys) > 0, "a row with no visible key in its range"
+            for h in range(it["nh"]):
+                row = t * it["nh"] + h
+                token, head = it["q_start"] + t, it["kv_head"] * group + it["h0"] + h
+                s = (k[keys] @ b.query[token, head].double()) * b.scale
+                m = s.max()
+                w = torch.exp(s - m)
+                o, lse = (w @ v[keys]) / w.sum(), m + torch.log(w.sum())
+                if it["slot"] < 0:
+                    out[token, head] = o
+                    written[token, head] += 1
+                else:
+                    assert it["slot"] + row not in partial, "two splits share a workspace row"
+                    partial[it["slot"] + row] = (o, lse)
+                    groups.setdefault(it["merge_id"], set()).add(
+                        (it["slot_base"], it["num_splits"], it["n_tok"] * it["nh"], row, token, head))
+    for members in groups.values():
+        meta = {m[:3] for m in members}
+        assert len(meta) == 1, "splits of one merge group disagree on their workspace rows"
+        slot_base, n, rows = meta.pop()
+        for _, _, _, row, token, head in members:
+            parts = [partial[slot_base + s * rows + row] for s in range(n)]
+            lse = torch.stack([p[1] for p in parts])
+            w = torch.softmax(lse, 0)
+            out[token, head] = sum(wi * p[0] for wi, p in zip(w, parts))
+            written[token, head] += 1
+    return out, written
+
+
+def check_invariants(b, plan, planner):
+    items = plan.items
+    assert items.shape[0] == plan.num_prefill_items + plan.num_decode_items
+    rows = items[:, F["n_tok"]] * items[:, F["nh"]]
+    assert (rows[:plan.num_prefill_items] <= PREFILL_TILE_ROWS).all()
+    assert (rows[plan.num_prefill_items:] <= DECODE_TILE_ROWS).all()
+    assert (items[:, F["kv_start"]] % SPLIT_ALIGN == 0).all()
+    assert (items[:, F["kv_start"]] <= items[:, F["q_pos0"]]).all()
+    assert (items[:, F["kv_end"]] <= items[:, F["q_pos0"]] + items[:, F["n_tok"]]).all()
+    assert (items[:, F["kv_start"]] < items[:, F["kv_end"]]).all()
+    split = items[:, F["slot"]] >= 0
+    assert (items[split, F["slot"]] + rows[split] <= planner.max_split_rows).all()
+    assert (items[split, F["merge_id"]] < planner.max_merge_groups).all()
+    assert ((items[:, F["num_splits"]] > 1) == split).all()
+    # Longest first within each queue.
+    cost = (items[:, F["kv_end"]] - items[:, F["kv_start"]]) * rows
+    for lo, hi in ((0, plan.num_prefill_items), (plan.num_prefill_items, len(items))):
+        assert (np.diff(cost[lo:hi]) <= 0).all()
+    assert 0 <= plan.decode_slots_per_sm <= plan.ctas_per_sm
+    buf = planner.buffer
+    assert buf[0] == plan.num_prefill_items and buf[1] == plan.num_decode_items
+    assert torch.equal(buf[4:4 + items.size], torch.from_numpy(items.reshape(-1)))
+
+
+BATCHES = {
+    "decode_only": ([1, 16, 17, 100, 300], []),
+    "prefill_only": ([], [(70, 70), (33, 200)]),
+    "mixed": ([5, 64, 129, 1000], [(100, 100), (1, 50), (64, 128), (17, 500)]),
+    "one_token_chunks": ([1], [(1, 1), (1, 2), (1, 65)]),
+    "padded_graph_batch": ([20, 30, 0, 0], []),  # padding requests: query length 0, seq_len 0
+    "long_context_splits": ([3000, 2500], [(40, 5000)]),
+}
+
+
+@pytest.mark.parametrize("name", BATCHES)
+@pytest.mark.parametrize("heads", [(4, 1), (4, 4), (8, 2), (6, 2), (32, 1)])
+def test_plan_executes_to_reference(name, heads):
+    decodes, prefills = BATCHES[name]
+    q_lens = [1] * len(decodes) + [q for q, _ in prefills]
+    if name == "padded_graph_batch":
+        q_lens = [1, 1, 0, 0]
+    b = make_batch([d for d in decodes if d], prefills, num_q_heads=heads[0], num_kv_heads=heads[1],
+                   head_dim=16, block_size=16, dtype=torch.float32, seed=len(name))
+    if name == "padded_graph_batch":
+        b.query_start_loc = torch.tensor([0, 1, 2, 2, 2], dtype=torch.int32)
+        b.seq_lens = torch.tensor([20, 30, 0, 0], dtype=torch.int32)
+        b.block_table = torch.cat([b.block_table, torch.zeros_like(b.block_table)])
+    planner = planner_for(b)
+    plan = planner.plan(b.query_start_loc, b.seq_lens, num_decodes=len(decodes))
+    check_invariants(b, plan, planner)
+    out, written = execute_plan(b, plan)
+    n_tokens = int(b.query_start_loc[-1])
+    assert (written[:n_tokens] == 1).all(), "every (token, head) written exactly once"
+    ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
+                              b.query_start_loc, b.seq_lens, b.scale)
+    torch.testing.assert_close(out[:n_tokens].float(), ref[:n_tokens], atol=1e-5, rtol=1e-5)
+
+
+def test_long_decodes_are_split_when_few():
+    b = make_batch([4000, 4000], [], num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    plan = planner_for(b).plan(b.query_start_loc, b.seq_lens)
+    # 2 requests x 2 KV heads = 4 tiles for 16 CTA slots: each is cut into KV-splits.
+    assert plan.num_decode_items > 4
+    assert (plan.items[:, F["num_splits"]] > 1).all()
+
+
+def test_many_items_are_not_split():
+    b = make_batch([300] * 40, [], num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    plan = planner_for(b).plan(b.query_start_loc, b.seq_lens)
+    assert plan.num_decode_items == 80 and (plan.items[:, F["slot"]] == -1).all()
+
+
+def test_decode_slots_follow_the_work_mix():
+    b = make_batch([8000] * 4, [(8, 8)], num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    heavy_decode = planner_for(b, ctas_per_sm=4).plan(b.query_start_loc, b.seq_lens)
+    b = make_batch([16], [(2048, 4096)], num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    heavy_prefill = planner_for(b, ctas_per_sm=4).plan(b.query_start_loc, b.seq_lens)
+    assert heavy_decode.decode_slots_per_sm == 3 and heavy_prefill.decode_slots_per_sm == 1
+
+
+def test_rejects_bad_lengths_and_misordered_decodes():
+    b = make_batch([10], [(4, 8)], num_q_heads=8, num_kv_heads=1, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    planner = planner_for(b)
+    with pytest.raises(ValueError, match="query length"):
+        planner.plan(b.query_start_loc, torch.tensor([10, 2], dtype=torch.int32))
+    with pytest.raises(ValueError, match="num_decodes"):
+        planner.plan(b.query_start_loc, b.seq_lens, num_decodes=2)
+    with pytest.raises(ValueError, match="multiple"):
+        PodPlanner(num_q_heads=6, num_kv_heads=4, head_dim=128, block_size=16, num_sms=1,
+                   ctas_per_sm=1, max_num_reqs=1, max_num_tokens=1, device="cpu")

@@ -1,0 +1,40 @@
+"""The fused op's Python face: a thin call into the extension (vllm_pod._C)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from vllm_pod.plan import PodPlan
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_SIZES = (64, 128, 256)
+SUPPORTED_BLOCK_SIZES = (16, 32, 64)
+
+
+@functools.cache
+def _load_extension() -> None:
+    import vllm_pod._C  # noqa: F401  (registers torch.ops.vllm_pod.*)
+
+
+def pod_attention(out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
+                  value_cache: torch.Tensor, block_table: torch.Tensor, plan: PodPlan,
+                  softmax_scale: float) -> None:
+    """Attention of a whole hybrid batch in one launch, written into `out` in place.
+
+    query/out: [num_tokens, num_q_heads, head_dim]; key_cache/value_cache: [num_blocks, block_size,
+    num_kv_heads, head_dim] views with any strides (head dim contiguous); block_table:
+    [num_reqs, max_blocks] int32; plan: from PodPlanner.plan for this batch.
+    """
+    _load_extension()
+    torch.ops.vllm_pod.pod_attention(out, query, key_cache, value_cache, block_table, plan.buffer,
+                                     plan.counters, plan.workspace, softmax_scale,
+                                     plan.ctas_per_sm, plan.num_sms)
+
+
+@functools.cache
+def device_ctas_per_sm(dtype: torch.dtype, head_dim: int) -> int:
+    """CTAs of the fused kernel that fit on one SM of the current GPU."""
+    _load_extension()
+    return int(torch.ops.vllm_pod.ctas_per_sm(dtype, head_dim))

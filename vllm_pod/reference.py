@@ -1,0 +1,38 @@
+"""Float32 reference for the op's semantics (CPU or GPU), used by the tests and benchmarks.
+
+A request's q query tokens are the last q of its seq_len positions: token i sits at position
+seq_len - q + i and attends to every key position <= its own (a decode: q = 1, the whole sequence).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The first seq_len tokens of one request from a paged cache: [seq_len, num_kv_heads, D]."""
+    block_size = cache.shape[1]
+    blocks = block_table_row[: -(-seq_len // block_size)].long()
+    return cache[blocks].reshape(-1, *cache.shape[2:])[:seq_len]
+
+
+def reference_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                        block_table: torch.Tensor, query_start_loc: torch.Tensor,
+                        seq_lens: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+    """Returns float32 [num_tokens, num_q_heads, D]; rows of no request stay NaN."""
+    out = torch.full(query.shape, float("nan"), dtype=torch.float32, device=query.device)
+    group = query.shape[1] // key_cache.shape[2]
+    qsl, lens = query_start_loc.tolist(), seq_lens.tolist()
+    for r, seq_len in enumerate(lens):
+        q0, q1 = qsl[r], qsl[r + 1]
+        if q1 == q0:
+            continue
+        q = query[q0:q1].float()                                                    # [q, Hq, D]
+        k = gather_kv(key_cache, block_table[r], seq_len).float().repeat_interleave(group, 1)
+        v = gather_kv(value_cache, block_table[r], seq_len).float().repeat_interleave(group, 1)
+        scores = torch.einsum("qhd,khd->hqk", q, k) * softmax_scale
+        pos = torch.arange(seq_len - (q1 - q0), seq_len, device=q.device)
+        visible = torch.arange(seq_len, device=q.device)[None, :] <= pos[:, None]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        out[q0:q1] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+    return out

@@ -1,0 +1,69 @@
+"""Random hybrid batches in vLLM's own layouts, shared by the tests and the kernel benchmark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# How the paged K/V cache is laid out in memory (vLLM 0.26 packs K and V per head: [..., 2*D]).
+KV_LAYOUTS = ("nhd_packed", "hnd_packed", "separate")
+
+
+@dataclass
+class Batch:
+    query: torch.Tensor          # [num_tokens, Hq, D], decodes first
+    key_cache: torch.Tensor      # [num_blocks, block_size, Hkv, D] (a strided view)
+    value_cache: torch.Tensor
+    block_table: torch.Tensor    # [num_reqs, max_blocks] int32
+    query_start_loc: torch.Tensor  # [num_reqs + 1] int32
+    seq_lens: torch.Tensor       # [num_reqs] int32
+    num_decodes: int
+    scale: float
+
+
+def kv_cache_views(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
+                   dtype: torch.dtype, device, layout: str, gen: torch.Generator):
+    """Random K and V caches as the strided views a vLLM backend receives."""
+    shape = {"nhd_packed": (num_blocks, block_size, num_kv_heads, 2 * head_dim),
+             "hnd_packed": (num_blocks, num_kv_heads, block_size, 2 * head_dim),
+             "separate": (2, num_blocks, block_size, num_kv_heads, head_dim)}[layout]
+    kv = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    if layout == "nhd_packed":
+        return kv.split(head_dim, dim=-1)
+    if layout == "hnd_packed":
+        return kv.transpose(1, 2).split(head_dim, dim=-1)
+    return kv.unbind(0)
+
+
+def make_batch(decode_lens: list[int], prefills: list[tuple[int, int]], *, num_q_heads: int,
+               num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
+               device="cpu", layout: str = "nhd_packed", seed: int = 0,
+               spare_blocks: int = 3) -> Batch:
+    """decode_lens: seq_len of each decode (query length 1); prefills: (chunk, seq_len) pairs.
+
+    Blocks of all requests are placed at random among the cache's blocks.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    q_lens = [1] * len(decode_lens) + [q for q, _ in prefills]
+    seq_lens = list(decode_lens) + [s for _, s in prefills]
+    if any(q > s or q < 0 for q, s in zip(q_lens, seq_lens)):
+        raise ValueError("each request needs 0 <= chunk <= seq_len")
+    blocks_per_req = [-(-s // block_size) for s in seq_lens]
+    max_blocks = max(blocks_per_req, default=1) or 1
+    num_blocks = sum(blocks_per_req) + spare_blocks
+    perm = torch.randperm(num_blocks, generator=gen)
+    block_table = torch.zeros(len(seq_lens), max_blocks, dtype=torch.int32)
+    used = 0
+    for r, n in enumerate(blocks_per_req):
+        block_table[r, :n] = perm[used:used + n]
+        used += n
+    key_cache, value_cache = kv_cache_views(num_blocks, block_size, num_kv_heads, head_dim, dtype,
+                                            device, layout, gen)
+    qsl = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+    qsl[1:] = torch.tensor(q_lens, dtype=torch.int32).cumsum(0)
+    query = torch.randn(int(qsl[-1]), num_q_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    return Batch(query=query, key_cache=key_cache, value_cache=value_cache,
+                 block_table=block_table.to(device), query_start_loc=qsl.to(device),
+                 seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device),
+                 num_decodes=len(decode_lens), scale=head_dim ** -0.5)
