@@ -24,11 +24,11 @@ class Batch:
 
 def kv_cache_views(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                    dtype: torch.dtype, device, layout: str, gen: torch.Generator):
-    """Random K and V caches as the strided views a vLLM backend receives."""
+    """Random K and V caches as the strided views a vLLM backend receives (gen on `device`)."""
     shape = {"nhd_packed": (num_blocks, block_size, num_kv_heads, 2 * head_dim),
              "hnd_packed": (num_blocks, num_kv_heads, block_size, 2 * head_dim),
              "separate": (2, num_blocks, block_size, num_kv_heads, head_dim)}[layout]
-    kv = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    kv = torch.randn(shape, generator=gen, dtype=dtype, device=device)
     if layout == "nhd_packed":
         return kv.split(head_dim, dim=-1)
     if layout == "hnd_packed":
@@ -42,9 +42,11 @@ def make_batch(decode_lens: list[int], prefills: list[tuple[int, int]], *, num_q
                spare_blocks: int = 3) -> Batch:
     """decode_lens: seq_len of each decode (query length 1); prefills: (chunk, seq_len) pairs.
 
-    Blocks of all requests are placed at random among the cache's blocks.
+    Blocks of all requests are placed at random among the cache's blocks. Values are drawn on
+    `device` (GB-sized caches for benchmarks would be slow to make on the host).
     """
     gen = torch.Generator().manual_seed(seed)
+    dev_gen = torch.Generator(device=device).manual_seed(seed)
     q_lens = [1] * len(decode_lens) + [q for q, _ in prefills]
     seq_lens = list(decode_lens) + [s for _, s in prefills]
     if any(q > s or q < 0 for q, s in zip(q_lens, seq_lens)):
@@ -59,10 +61,10 @@ def make_batch(decode_lens: list[int], prefills: list[tuple[int, int]], *, num_q
         block_table[r, :n] = perm[used:used + n]
         used += n
     key_cache, value_cache = kv_cache_views(num_blocks, block_size, num_kv_heads, head_dim, dtype,
-                                            device, layout, gen)
+                                            device, layout, dev_gen)
     qsl = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
     qsl[1:] = torch.tensor(q_lens, dtype=torch.int32).cumsum(0)
-    query = torch.randn(int(qsl[-1]), num_q_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    query = torch.randn(int(qsl[-1]), num_q_heads, head_dim, generator=dev_gen, dtype=dtype, device=device)
     return Batch(query=query, key_cache=key_cache, value_cache=value_cache,
                  block_table=block_table.to(device), query_start_loc=qsl.to(device),
                  seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device),
