@@ -1,0 +1,456 @@
+"""The vLLM glue of the POD backend, on a CPU: registration, selection, configuration checks,
+the metadata builder's output for a spectrum of batches, and the impl's dispatch.
+
+Runs against any supported vLLM (0.26, 0.33). No GPU: the kernel and FA3 are replaced by
+recorders where a call would reach them; everything else is vLLM's own code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from importlib.metadata import PackageNotFoundError, distribution
+
+import pytest
+import torch
+import vllm.envs as envs
+from vllm.config import (
+    AttentionConfig,
+    CacheConfig,
+    DeviceConfig,
+    ModelConfig,
+    VllmConfig,
+    set_current_vllm_config,
+)
+from vllm.platforms.interface import DeviceCapability
+from vllm.v1.attention.backend import AttentionCGSupport, CommonAttentionMetadata
+from vllm.v1.attention.backends.registry import AttentionBackendEnum
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+import vllm_pod
+from vllm_pod import backend as pod_backend
+from vllm_pod.backend import (
+    POD_STATS,
+    PodAttentionBackend,
+    PodAttentionImpl,
+    PodAttentionMetadataBuilder,
+)
+from vllm_pod.plan import ITEM_FIELDS
+
+ENV = vllm_pod.ENV_VAR
+NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 8, 2, 128
+F = {name: i for i, name in enumerate(ITEM_FIELDS)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    vllm_pod.register()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A local Llama-shaped config (8 q heads, 2 KV heads, head dim 128): no hub access."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    (path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 1024,
+        "intermediate_size": 2048, "num_attention_heads": NUM_Q_HEADS,
+        "num_key_value_heads": NUM_KV_HEADS, "head_dim": HEAD_DIM, "num_hidden_layers": 2,
+        "vocab_size": 1000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+        "torch_dtype": "bfloat16"}))
+    return str(path)
+
+
+def make_config(model_dir, **attention) -> VllmConfig:
+    return VllmConfig(
+        model_config=ModelConfig(model=model_dir, skip_tokenizer_init=True, dtype="bfloat16",
+                                 max_model_len=4096),
+        device_config=DeviceConfig(device="cpu"),
+        cache_config=CacheConfig(block_size=16),
+        attention_config=AttentionConfig(**attention),
+    )
+
+
+# -- registration ------------------------------------------------------------------------------
+
+def _installed() -> bool:
+    try:
+        distribution("vllm-pod")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _installed(), reason="vllm-pod is not pip-installed here")
+def test_entry_point_discovered_and_registers():
+    from vllm.plugins import DEFAULT_PLUGINS_GROUP, load_plugins_by_group
+
+    plugins = load_plugins_by_group(DEFAULT_PLUGINS_GROUP)
+    assert plugins["pod"] is vllm_pod.register
+    plugins["pod"]()
+    assert AttentionBackendEnum.CUSTOM.get_class() is PodAttentionBackend
+
+
+def test_register_is_idempotent_and_names_agree():
+    vllm_pod.register()
+    vllm_pod.register()
+    assert AttentionBackendEnum.CUSTOM.get_class() is PodAttentionBackend
+    if hasattr(AttentionBackendEnum, "register"):  # vLLM that can add names (0.33)
+        assert AttentionBackendEnum["POD"].get_class() is PodAttentionBackend
+        assert PodAttentionBackend.get_name() == "POD"
+    else:
+        assert "POD" not in AttentionBackendEnum.__members__
+        assert PodAttentionBackend.get_name() == "CUSTOM"
+    # vLLM looks the backend up by its name.
+    assert AttentionBackendEnum[PodAttentionBackend.get_name()].get_class() is PodAttentionBackend
+
+
+def test_env_var_declared_to_vllm(monkeypatch):
+    monkeypatch.setenv(ENV, "POD")
+    assert ENV in envs.environment_variables  # no "unknown environment variable" warning
+    assert envs.compile_factors()[ENV] == "POD"  # part of the compile-cache key
+    monkeypatch.setenv(ENV, "")
+    assert envs.compile_factors()[ENV] != "POD"
+
+
+# -- selection ---------------------------------------------------------------------------------
+
+def test_env_var_selects_pod(monkeypatch, model_dir):
+    monkeypatch.setenv(ENV, "POD")
+    config = make_config(model_dir)
+    assert config.attention_config.backend is AttentionBackendEnum.CUSTOM
+    assert config.attention_config.backend.get_class() is PodAttentionBackend
+
+
+def test_no_env_var_leaves_auto(monkeypatch, model_dir):
+    monkeypatch.delenv(ENV, raising=False)
+    assert make_config(model_dir).attention_config.backend is None
+
+
+@pytest.mark.parametrize("explicit", ["FLASH_ATTN", "FLASHINFER", "TRITON_ATTN"])
+def test_explicit_backend_wins_over_env_var(monkeypatch, model_dir, explicit):
+    monkeypatch.setenv(ENV, "POD")
+    config = make_config(model_dir, backend=explicit)
+    assert config.attention_config.backend is AttentionBackendEnum[explicit]
+    assert not AttentionBackendEnum[explicit].is_overridden()  # built-ins stay vLLM's
+
+
+def test_explicit_names_select_pod(monkeypatch, model_dir):
+    monkeypatch.delenv(ENV, raising=False)
+    names = ["CUSTOM"] + (["POD"] if "POD" in AttentionBackendEnum.__members__ else [])
+    for name in names:
+        backend = make_config(model_dir, backend=name).attention_config.backend
+        # A run-time added name would not unpickle in a spawned worker; CUSTOM always does.
+        assert backend is AttentionBackendEnum.CUSTOM
+        assert backend.get_class() is PodAttentionBackend
+
+
+class _SelectingPlatform:
+    """The explicit-backend branch of vLLM's CUDA platform, which cannot load without a GPU."""
+
+    def get_attn_backend_cls(self, selected_backend, attn_selector_config, num_heads=None):
+        assert selected_backend is not None, "the selector saw no backend choice"
+        reasons = selected_backend.get_class().validate_configuration(
+            device_capability=DeviceCapability(9, 0), **attn_selector_config._asdict())
+        if reasons:
+            raise ValueError(f"Selected backend {selected_backend} is not valid: {reasons}")
+        return selected_backend.get_path()
+
+
+@pytest.mark.parametrize("via", ["env", "explicit"])
+def test_selector_resolves_to_pod(monkeypatch, model_dir, via):
+    import vllm.platforms
+    from vllm.v1.attention import selector
+
+    if via == "env":
+        monkeypatch.setenv(ENV, "POD")
+        config = make_config(model_dir)
+    else:
+        monkeypatch.delenv(ENV, raising=False)
+        config = make_config(model_dir, backend="CUSTOM")
+    monkeypatch.setattr(vllm.platforms, "_current_platform", _SelectingPlatform())
+    selector._cached_get_attn_backend.cache_clear()
+    try:
+        with set_current_vllm_config(config):
+            cls = selector.get_attn_backend(HEAD_DIM, torch.bfloat16, "auto")
+            assert cls is PodAttentionBackend
+            with pytest.raises(ValueError, match="head_size not supported"):
+                selector.get_attn_backend(80, torch.bfloat16, "auto")
+    finally:
+        selector._cached_get_attn_backend.cache_clear()
+
+
+# -- configuration checks ----------------------------------------------------------------------
+
+def _validate(**overrides) -> list[str]:
+    kwargs = dict(head_size=128, dtype=torch.bfloat16, kv_cache_dtype="auto", block_size=16,
+                  use_mla=False, has_sink=False, use_sparse=False, use_mm_prefix=False,
+                  use_per_head_quant_scales=False, device_capability=DeviceCapability(9, 0),
+                  attn_type="decoder")
+    kwargs.update(overrides)
+    return PodAttentionBackend.validate_configuration(**kwargs)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"dtype": torch.float16}, {"head_size": 64}, {"head_size": 256}, {"block_size": 32},
+    {"block_size": 64}, {"block_size": None}, {"kv_cache_dtype": "bfloat16"},
+    {"kv_cache_dtype": None}, {"device_capability": DeviceCapability(8, 0)},
+    {"device_capability": DeviceCapability(8, 9)},
+])
+def test_validate_accepts_supported(overrides):
+    assert _validate(**overrides) == []
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"head_size": 96}, "head_size not supported"),
+    ({"head_size": 512}, "head_size not supported"),
+    ({"dtype": torch.float32}, "dtype not supported"),
+    ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype not supported"),
+    ({"kv_cache_dtype": "fp8_e4m3"}, "kv_cache_dtype not supported"),
+    ({"block_size": 8}, "block_size not supported"),
+    ({"block_size": 24}, "block_size not supported"),
+    ({"use_mla": True}, "MLA not supported"),
+    ({"has_sink": True}, "attention sinks not supported"),
+    ({"has_sliding_window": True}, "sliding window not supported"),
+    ({"use_non_causal": True}, "non-causal attention not supported"),
+    ({"attn_type": "encoder_only"}, "attention type encoder_only not supported"),
+    ({"attn_type": "encoder_decoder"}, "attention type encoder_decoder not supported"),
+    ({"attn_type": "encoder"}, "attention type encoder not supported"),
+    ({"device_capability": DeviceCapability(7, 5)}, "compute capability not supported"),
+    ({"device_capability": DeviceCapability(10, 0)}, "compute capability not supported"),
+])
+def test_validate_refuses_with_reason(overrides, reason):
+    assert reason in _validate(**overrides)
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    ({"alibi_slopes": [0.5] * 8}, "ALiBi"),
+    ({"sliding_window": 4096}, "sliding window"),
+    ({"logits_soft_cap": 30.0}, "logits soft cap"),
+    ({"sinks": torch.zeros(8)}, "attention sinks"),
+    ({"attn_type": "encoder_decoder"}, "attention type"),
+    ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype fp8"),
+])
+def test_impl_refuses_with_reason(kwargs, reason):
+    args = dict(num_heads=8, head_size=128, scale=0.1, num_kv_heads=2, alibi_slopes=None,
+                sliding_window=None, kv_cache_dtype="auto")
+    args.update(kwargs)
+    with pytest.raises(NotImplementedError, match=reason):
+        PodAttentionImpl(**args)
+
+
+# -- metadata builder --------------------------------------------------------------------------
+
+BLOCK = 16
+NUM_SMS, CTAS_PER_SM = 8, 2
+
+
+@pytest.fixture
+def builder(monkeypatch, model_dir):
+    monkeypatch.setattr(pod_backend, "_device_occupancy", lambda *a: (NUM_SMS, CTAS_PER_SM))
+    config = make_config(model_dir)
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=NUM_KV_HEADS, head_size=HEAD_DIM,
+                             dtype=torch.bfloat16)
+    with set_current_vllm_config(config):
+        yield PodAttentionMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
+
+
+def batch(query_lens, seq_lens, num_tokens=None) -> CommonAttentionMetadata:
+    """vLLM's per-step metadata as a model runner fills it. Device-side tensors live on the
+    "meta" device: reading their values (a GPU->CPU sync on a GPU) raises."""
+    qsl = torch.tensor([0] + query_lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    seq = torch.tensor(seq_lens, dtype=torch.int32)
+    num_reqs = len(query_lens)
+    max_blocks = max(1, -(-max(seq_lens) // BLOCK))
+    num_tokens = int(qsl[-1]) if num_tokens is None else num_tokens
+    meta = torch.device("meta")
+    return CommonAttentionMetadata(
+        query_start_loc=qsl.to(meta), query_start_loc_cpu=qsl, seq_lens=seq.to(meta),
+        seq_lens_cpu_upper_bound=seq, num_reqs=num_reqs, num_actual_tokens=num_tokens,
+        max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+        block_table_tensor=torch.empty(num_reqs, max_blocks, dtype=torch.int32, device=meta),
+        slot_mapping=torch.empty(int(qsl[-1]), dtype=torch.int64, device=meta),
+    )
+
+
+def test_builder_contract(builder):
+    assert builder.reorder_batch_threshold == 1
+    assert (PodAttentionMetadataBuilder.get_cudagraph_support(builder.vllm_config,
+                                                               builder.kv_cache_spec)
+            == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE)
+    planner = builder.planner
+    assert (planner.group, planner.num_kv_heads, planner.head_dim, planner.block_size) == (
+        NUM_Q_HEADS // NUM_KV_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK)
+    assert (planner.num_sms, planner.ctas_per_sm) == (NUM_SMS, CTAS_PER_SM)
+
+
+def check_coverage(plan, query_lens, seq_lens):
+    """Every (query token, query head) of every request is covered by work items whose key
+    ranges are disjoint and together span [0, E) with position < E <= seq_len; padding rows
+    (query length 0) get no work."""
+    group = NUM_Q_HEADS // NUM_KV_HEADS
+    starts = [sum(query_lens[:r]) for r in range(len(query_lens))]
+    spans: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for it in plan.items:
+        r = int(it[F["req"]])
+        q0, n = int(it[F["q_start"]]), int(it[F["n_tok"]])
+        assert query_lens[r] > 0
+        assert starts[r] <= q0 and q0 + n <= starts[r] + query_lens[r]
+        for t in range(q0, q0 + n):
+            for h in range(int(it[F["h0"]]), int(it[F["h0"]]) + int(it[F["nh"]])):
+                spans.setdefault((t, int(it[F["kv_head"]]) * group + h), []).append(
+                    (int(it[F["kv_start"]]), int(it[F["kv_end"]])))
+    expected = {(starts[r] + i, h) for r, q in enumerate(query_lens) for i in range(q)
+                for h in range(NUM_Q_HEADS)}
+    assert set(spans) == expected
+    for (t, _), ranges in spans.items():
+        r = max(i for i, s in enumerate(starts) if s <= t and query_lens[i] > 0)
+        position = seq_lens[r] - query_lens[r] + (t - starts[r])
+        ranges.sort()
+        assert ranges[0][0] == 0
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert position < ranges[-1][1] <= seq_lens[r]
+
+
+CASES = {
+    # name: (query_lens, seq_lens, padded num_tokens, expected split, fused?)
+    "decode_only": ([1, 1, 1], [5, 17, 33], None, (3, 0, 3, 0), False),
+    "prefill_only": ([7, 20], [7, 50], None, (0, 2, 0, 27), False),
+    "prefill_with_prefix": ([300], [1000], None, (0, 1, 0, 300), False),
+    "mixed": ([1, 1, 9, 30], [10, 100, 9, 64], None, (2, 2, 2, 39), True),
+    "mixed_long_decodes": ([1] * 6 + [128], [4000, 17, 16, 15, 1, 2048, 640],
+                           None, (6, 1, 6, 128), True),
+    # CUDA-graph padding: rows of query length 0 and seq_len 0 after the real requests.
+    "padded_decode_graph": ([1, 1, 1, 0, 0], [3, 4, 5, 0, 0], 5, (5, 0, 5, 0), False),
+    "padded_mixed": ([1, 1, 12, 0, 0], [8, 9, 12, 0, 0], 16, (2, 3, 2, 14), True),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_builder_batches(builder, monkeypatch, name):
+    query_lens, seq_lens, num_tokens, split, fused = CASES[name]
+    cm = batch(query_lens, seq_lens, num_tokens)
+    seen = []
+    real_plan = builder.planner.plan
+    monkeypatch.setattr(builder.planner, "plan", lambda *a: seen.append(a) or real_plan(*a))
+    before = POD_STATS["hybrid_batches"]
+
+    md = builder.build(common_prefix_len=0, common_attn_metadata=cm)
+
+    assert (md.num_decodes, md.num_prefills, md.num_decode_tokens,
+            md.num_prefill_tokens) == split
+    assert md.num_actual_tokens == (num_tokens or sum(query_lens))
+    assert md.block_table is cm.block_table_tensor
+    assert (md.plan is not None) == fused and (md.fa_metadata is None) == fused
+    assert POD_STATS["hybrid_batches"] - before == int(fused)
+    if fused:
+        (qsl, seq, num_decodes), = seen
+        assert qsl.tolist() == [sum(query_lens[:i]) for i in range(len(query_lens) + 1)]
+        assert seq.tolist() == seq_lens and num_decodes == split[0]
+        assert md.plan.num_prefill_items > 0 and md.plan.num_decode_items > 0
+        check_coverage(md.plan, query_lens, seq_lens)
+    else:
+        assert not seen
+        fa = md.fa_metadata
+        assert fa.query_start_loc is cm.query_start_loc and fa.seq_lens is cm.seq_lens
+        assert (fa.max_query_len, fa.max_seq_len) == (max(query_lens), max(seq_lens))
+
+
+def test_builder_many_prefills(builder):
+    rng = random.Random()
+    query_lens = [1] * rng.randint(1, 20) + [rng.randint(2, 200) for _ in range(40)]
+    seq_lens = [q + rng.choice([0, rng.randint(1, 3000)]) for q in query_lens]
+    md = builder.build(common_prefix_len=0, common_attn_metadata=batch(query_lens, seq_lens))
+    num_decodes = query_lens.count(1)
+    assert (md.num_decodes, md.num_prefills) == (num_decodes, 40)
+    assert md.num_prefill_tokens == sum(query_lens[num_decodes:])
+    check_coverage(md.plan, query_lens, seq_lens)
+
+
+def test_builder_cudagraph_capture(builder):
+    # vLLM captures full graphs only for uniform single-token decode batches (padded).
+    md = builder.build_for_cudagraph_capture(batch([1] * 4 + [0] * 4, [1] * 4 + [0] * 4, 8))
+    assert md.plan is None and md.num_decodes == 8 and md.num_actual_tokens == 8
+    assert md.fa_metadata.max_query_len == 1
+
+
+def test_plans_reuse_persistent_buffers(builder):
+    a = builder.build(0, batch([1, 50], [20, 80])).plan
+    b = builder.build(0, batch([1, 1, 7], [3, 900, 7])).plan
+    assert a.buffer.data_ptr() == b.buffer.data_ptr() == builder.planner.buffer.data_ptr()
+    assert a.counters.data_ptr() == b.counters.data_ptr()
+    assert a.workspace.data_ptr() == b.workspace.data_ptr()
+
+
+# -- impl dispatch -----------------------------------------------------------------------------
+
+@pytest.fixture
+def impl(model_dir):
+    with set_current_vllm_config(make_config(model_dir)):
+        return PodAttentionImpl(NUM_Q_HEADS, HEAD_DIM, 0.125, NUM_KV_HEADS, None, None, "auto")
+
+
+def kv_cache(num_blocks=6):
+    # vLLM 0.26's default physical layout (blocks, block size, kv heads, 2*D), viewed logically.
+    return torch.randn(num_blocks, BLOCK, NUM_KV_HEADS, 2 * HEAD_DIM).permute(0, 2, 1, 3)
+
+
+def test_forward_hybrid_calls_fused_kernel(builder, impl, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pod_backend, "pod_attention", lambda *a: calls.append(a))
+    md = builder.build(0, batch([1, 1, 9], [10, 100, 9], num_tokens=16))
+    cache = kv_cache()
+    query = torch.randn(16, NUM_Q_HEADS, HEAD_DIM)
+    out = torch.empty(16, NUM_Q_HEADS, HEAD_DIM)
+    before = POD_STATS["fused_calls"]
+
+    assert impl.forward(None, query, None, None, cache, md, out) is out
+
+    (o, q, k, v, block_table, plan, scale), = calls
+    # Padded token count, as FLASH_ATTN passes it: padding rows belong to no request.
+    assert o.shape[0] == q.shape[0] == 16 and o.data_ptr() == out.data_ptr()
+    assert q.data_ptr() == query.data_ptr()
+    assert k.shape == v.shape == (6, BLOCK, NUM_KV_HEADS, HEAD_DIM)
+    assert k.data_ptr() == cache.data_ptr()  # views of the cache, no copies
+    assert v.data_ptr() == cache.data_ptr() + HEAD_DIM * cache.element_size()
+    assert torch.equal(k[2, 3, 1], cache[2, 1, 3, :HEAD_DIM])
+    assert torch.equal(v[2, 3, 1], cache[2, 1, 3, HEAD_DIM:])
+    assert block_table is md.block_table and plan is md.plan and scale == 0.125
+    assert POD_STATS["fused_calls"] - before == 1
+
+
+@pytest.mark.parametrize("query_lens, seq_lens", [([1, 1], [4, 9]), ([5, 9], [5, 30])])
+def test_forward_single_phase_goes_to_flash_attn(builder, impl, monkeypatch, query_lens,
+                                                 seq_lens):
+    monkeypatch.setattr(pod_backend, "pod_attention", lambda *a: pytest.fail("fused kernel"))
+    calls = []
+    monkeypatch.setattr(impl.fa_impl, "forward", lambda *a: calls.append(a) or a[-1])
+    md = builder.build(0, batch(query_lens, seq_lens))
+    out = torch.empty(sum(query_lens), NUM_Q_HEADS, HEAD_DIM)
+    assert impl.forward("layer", torch.randn_like(out), "k", "v", "cache", md, out) is out
+    (layer, _, k, v, cache, fa_metadata, _), = calls
+    assert (layer, k, v, cache) == ("layer", "k", "v", "cache")
+    assert fa_metadata is md.fa_metadata
+
+
+def test_forward_profiling_run_zeroes_output(impl):
+    out = torch.randn(4, NUM_Q_HEADS, HEAD_DIM)
+    assert impl.forward(None, torch.randn_like(out), None, None, kv_cache(), None, out) is out
+    assert not out.any()
+
+
+def test_kv_cache_update_writes_through_reshape_and_cache_flash(impl, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pod_backend, "reshape_and_cache_flash", lambda *a: calls.append(a))
+
+    class Layer:
+        _k_scale = torch.ones(())
+        _v_scale = torch.ones(())
+
+    cache, slots = kv_cache(), torch.tensor([3, 17, -1])
+    key = torch.randn(4, NUM_KV_HEADS, HEAD_DIM)
+    impl.do_kv_cache_update(Layer, key, key, cache, slots)
+    (k_in, _, k, v, slot_mapping, dtype, k_scale, v_scale), = calls
+    assert k_in is key and slot_mapping is slots and dtype == "auto"
+    assert k.shape == v.shape == (6, BLOCK, NUM_KV_HEADS, HEAD_DIM)
+    assert v.data_ptr() == cache.data_ptr() + HEAD_DIM * cache.element_size()
+    assert k_scale is Layer._k_scale and v_scale is Layer._v_scale

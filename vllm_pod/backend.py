@@ -1,0 +1,283 @@
+"""The POD attention backend for vLLM: backend class, metadata builder and impl.
+
+A hybrid batch (decodes and chunked prefills together) runs as ONE launch of the fused POD
+kernel (vllm_pod.ops.pod_attention). A batch of only decodes or only prefills gains nothing from
+fusion, so it runs through vLLM's own FlashAttention (FA3) builder and impl, unchanged: that keeps
+those batches exactly as fast as FLASH_ATTN and gives full CUDA graphs for pure-decode batches the
+way FLASH_ATTN captures them. `PodAttentionMetadataBuilder._build` is the one place that chooses.
+
+CUDA graphs: full graphs for uniform single-token decode batches (FA3 inside), piecewise for the
+rest; mixed batches run the fused kernel eagerly between graph pieces.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from vllm._custom_ops import reshape_and_cache_flash
+from vllm.config import VllmConfig
+from vllm.logger import init_logger
+from vllm.platforms.interface import DeviceCapability
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionCGSupport,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+)
+from vllm.v1.attention.backends.flash_attn import (
+    FlashAttentionImpl,
+    FlashAttentionMetadata,
+    FlashAttentionMetadataBuilder,
+)
+from vllm.v1.attention.backends.utils import split_decodes_and_prefills
+from vllm.v1.kv_cache_interface import AttentionSpec
+
+from vllm_pod import compat
+from vllm_pod.ops import (
+    SUPPORTED_BLOCK_SIZES,
+    SUPPORTED_DTYPES,
+    SUPPORTED_HEAD_SIZES,
+    device_ctas_per_sm,
+    pod_attention,
+)
+from vllm_pod.plan import PodPlan, PodPlanner
+
+logger = init_logger("vllm.pod.backend")
+
+# Proof that the fused path ran, for tests and end-to-end checks in this process:
+# "hybrid_batches" counts batches the builder planned for the fused kernel (one per step and KV
+# cache group), "fused_calls" counts kernel launches (one per attention layer of such a step).
+# Across processes, the per-batch debug line below (VLLM_LOGGING_LEVEL=DEBUG) says the same.
+POD_STATS: Counter[str] = Counter()
+
+
+class PodAttentionBackend(AttentionBackend):
+    supported_dtypes: ClassVar[list[torch.dtype]] = list(SUPPORTED_DTYPES)
+    # No fp8 KV cache: the kernel reads fp16/bf16 pages only.
+    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "float16", "bfloat16"]
+    # The KV write is a separate op (do_kv_cache_update), as in FLASH_ATTN.
+    forward_includes_kv_cache_update: bool = False
+
+    @staticmethod
+    def get_name() -> str:
+        return compat.backend_name()
+
+    @staticmethod
+    def get_impl_cls() -> type[PodAttentionImpl]:
+        return PodAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[PodAttentionMetadataBuilder]:
+        return PodAttentionMetadataBuilder
+
+    # vLLM 0.26 passes no argument, 0.33 the layer's KV cache spec.
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list[int]:
+        return list(SUPPORTED_BLOCK_SIZES)
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return list(SUPPORTED_HEAD_SIZES)
+
+    @classmethod
+    def supports_compute_capability(cls, capability: DeviceCapability) -> bool:
+        # The extension is built for sm_80 (runs on 8.x) and sm_90a (runs on 9.0 only).
+        return capability.major == 8 or capability == DeviceCapability(9, 0)
+
+    @classmethod
+    def supports_device_cpu_query_lens_mismatch(cls) -> bool:
+        # vLLM 0.33 hook: the plan is built from the CPU query lengths, which must be exact.
+        return False
+
+    # The base class already refuses MLA, sinks, sliding window, non-causal, encoder and
+    # cross-attention (supports_* default to False / decoder only); ALiBi and softcap are not
+    # part of the selector's configuration, so PodAttentionImpl refuses them.
+
+    # vLLM 0.26 only: the logical KV cache shape (K and V packed in the last dim, as FLASH_ATTN)
+    # and its physical order. Newer vLLM fixes this shape itself; the kernel takes any strides.
+    @staticmethod
+    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int,
+                           cache_dtype_str: str = "auto") -> tuple[int, ...]:
+        return (num_blocks, num_kv_heads, block_size, 2 * head_size)
+
+    @staticmethod
+    def get_kv_cache_stride_order(include_num_layers_dimension: bool = False) -> tuple[int, ...]:
+        return compat.kv_cache_stride_order(include_num_layers_dimension)
+
+
+@dataclass
+class PodAttentionMetadata:
+    num_actual_tokens: int  # including CUDA-graph padding
+    num_decodes: int
+    num_prefills: int
+    num_decode_tokens: int
+    num_prefill_tokens: int
+    block_table: torch.Tensor
+    # Exactly one of the two is set: a plan for the fused kernel (hybrid batch) or FA3's metadata.
+    plan: PodPlan | None
+    fa_metadata: FlashAttentionMetadata | None
+
+
+def _device_occupancy(device: torch.device, dtype: torch.dtype, head_dim: int) -> tuple[int, int]:
+    """(SMs, fused-kernel CTAs per SM) of the GPU this builder plans for."""
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return num_sms, device_ctas_per_sm(dtype, head_dim)
+
+
+class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]):
+    # Full graphs for pure-decode batches (FA3 captured as FLASH_ATTN captures it); mixed batches
+    # run piecewise, the fused kernel between the pieces.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = (
+        AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE)
+    # Decodes (query length 1) first: the kernel and split_decodes_and_prefills rely on it.
+    reorder_batch_threshold: int = 1
+
+    def __init__(self, kv_cache_spec: AttentionSpec, layer_names: list[str],
+                 vllm_config: VllmConfig, device: torch.device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        if vllm_config.speculative_config is not None:
+            # Verify batches would be planned from optimistic CPU lengths (async spec decode).
+            raise NotImplementedError("POD attention does not support speculative decoding yet")
+        if kv_cache_spec.block_size not in SUPPORTED_BLOCK_SIZES:
+            raise ValueError(f"POD attention supports kernel block sizes {SUPPORTED_BLOCK_SIZES}, "
+                             f"got {kv_cache_spec.block_size}")
+        self.fa_builder = FlashAttentionMetadataBuilder(kv_cache_spec, layer_names, vllm_config,
+                                                        device)
+        num_sms, ctas_per_sm = _device_occupancy(device, kv_cache_spec.dtype,
+                                                 kv_cache_spec.head_size)
+        # Padded CUDA-graph batches may exceed the scheduler's limits up to the capture size.
+        max_graph = vllm_config.compilation_config.max_cudagraph_capture_size or 0
+        scheduler = vllm_config.scheduler_config
+        self.planner = PodPlanner(
+            num_q_heads=vllm_config.model_config.get_num_attention_heads(
+                vllm_config.parallel_config),
+            num_kv_heads=kv_cache_spec.num_kv_heads,
+            head_dim=kv_cache_spec.head_size,
+            block_size=kv_cache_spec.block_size,
+            num_sms=num_sms,
+            ctas_per_sm=ctas_per_sm,
+            max_num_reqs=max(scheduler.max_num_seqs, max_graph),
+            max_num_tokens=max(scheduler.max_num_batched_tokens, max_graph),
+            device=device,
+        )
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> PodAttentionMetadata:
+        return self._build(common_attn_metadata, lambda: self.fa_builder.build(
+            common_prefix_len, common_attn_metadata, fast_build))
+
+    def build_for_cudagraph_capture(
+            self, common_attn_metadata: CommonAttentionMetadata) -> PodAttentionMetadata:
+        return self._build(common_attn_metadata, lambda: (
+            self.fa_builder.build_for_cudagraph_capture(common_attn_metadata)))
+
+    def _build(self, cm: CommonAttentionMetadata,
+               build_fa: Callable[[], FlashAttentionMetadata]) -> PodAttentionMetadata:
+        num_decodes, num_prefills, num_decode_tokens, num_prefill_tokens = (
+            split_decodes_and_prefills(cm, decode_threshold=self.reorder_batch_threshold))
+        plan = fa_metadata = None
+        if num_decodes > 0 and num_prefills > 0:
+            # CPU lengths only: no device->host sync. Padding rows (query length 0) get no work.
+            plan = self.planner.plan(cm.query_start_loc_cpu, compat.seq_lens_cpu(cm), num_decodes)
+            POD_STATS["hybrid_batches"] += 1
+            logger.debug("POD fused batch: %d decodes, %d prefills (%d tokens), %d prefill + %d "
+                         "decode work items", num_decodes, num_prefills, num_prefill_tokens,
+                         plan.num_prefill_items, plan.num_decode_items)
+        else:
+            fa_metadata = build_fa()
+        return PodAttentionMetadata(
+            num_actual_tokens=cm.num_actual_tokens,
+            num_decodes=num_decodes,
+            num_prefills=num_prefills,
+            num_decode_tokens=num_decode_tokens,
+            num_prefill_tokens=num_prefill_tokens,
+            block_table=cm.block_table_tensor,
+            plan=plan,
+            fa_metadata=fa_metadata,
+        )
+
+
+class PodAttentionImpl(AttentionImpl[PodAttentionMetadata]):
+    # The fused kernel neither returns the softmax LSE nor knows context-parallel KV shards.
+    supports_dcp: bool = False
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int,
+        alibi_slopes: list[float] | None,
+        sliding_window: int | None,
+        kv_cache_dtype: str,
+        logits_soft_cap: float | None = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        sinks: torch.Tensor | None = None,
+    ) -> None:
+        unsupported = [reason for reason, present in (
+            ("ALiBi", alibi_slopes is not None),
+            ("sliding window", sliding_window is not None),
+            ("logits soft cap", bool(logits_soft_cap)),
+            ("attention sinks", sinks is not None),
+            (f"attention type {attn_type}", attn_type != AttentionType.DECODER),
+            (f"kv_cache_dtype {kv_cache_dtype}",
+             kv_cache_dtype not in PodAttentionBackend.supported_kv_cache_dtypes),
+            (f"head size {head_size}", head_size not in SUPPORTED_HEAD_SIZES),
+            (f"{num_heads} query heads over {num_kv_heads} KV heads",
+             num_heads % num_kv_heads != 0),
+        ) if present]
+        if unsupported:
+            raise NotImplementedError("POD attention does not support: " + ", ".join(unsupported))
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        # Single-phase batches run through FLASH_ATTN's impl on FLASH_ATTN's metadata.
+        self.fa_impl = FlashAttentionImpl(num_heads, head_size, scale, num_kv_heads, None, None,
+                                          kv_cache_dtype, None, attn_type,
+                                          kv_sharing_target_layer_name)
+
+    def forward(
+        self,
+        layer: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: PodAttentionMetadata,
+        output: torch.Tensor,
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("POD attention does not fuse output quantization")
+        if attn_metadata is None:
+            # Profiling run (as FLASH_ATTN does).
+            return output.fill_(0)
+        if attn_metadata.plan is None:
+            return self.fa_impl.forward(layer, query, key, value, kv_cache,
+                                        attn_metadata.fa_metadata, output)
+        n = attn_metadata.num_actual_tokens
+        # (blocks, kv heads, block size, 2*D) -> two (blocks, block size, kv heads, D) views.
+        key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
+        pod_attention(output[:n], query[:n], key_cache, value_cache, attn_metadata.block_table,
+                      attn_metadata.plan, self.scale)
+        POD_STATS["fused_calls"] += 1
+        return output
+
+    def do_kv_cache_update(self, layer: torch.nn.Module, key: torch.Tensor, value: torch.Tensor,
+                           kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
+        # slot_mapping is unpadded and sets how many tokens are written; padding slots are -1.
+        reshape_and_cache_flash(key, value, key_cache, value_cache, slot_mapping,
+                                    self.kv_cache_dtype, layer._k_scale, layer._v_scale)
