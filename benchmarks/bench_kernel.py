@@ -1,0 +1,170 @@
+"""Kernel benchmark: the fused POD op against vLLM's FlashAttention-3 on hybrid batches.
+
+For each batch of the grid (one prefill chunk with a prefix, plus N decodes) it times, as CUDA-graph
+replays (median of many), with Llama-3-8B per-GPU shapes (32 q heads, 8 KV heads, head dim 128,
+bf16, block 16, vLLM 0.26's packed K/V cache layout):
+
+    pod          the fused op over the whole batch
+    fa3          FA3 as ONE varlen call over the whole batch (what vLLM's FLASH_ATTN backend runs)
+    fa3_prefill  FA3 on the prefill request alone
+    fa3_decode   FA3 on the decodes alone
+
+and reports pod/fa3 and pod/ideal, with ideal = max(fa3_prefill, fa3_decode). Each POD output is
+checked against FA3's before timing. Writes a CSV and a JSON summary; plot with plot_kernel.py.
+
+    python -m benchmarks.bench_kernel --out benchmarks/results/kernel_h100.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import statistics
+import time
+
+import torch
+
+from vllm_pod.ops import device_ctas_per_sm, pod_attention
+from vllm_pod.plan import PodPlanner
+from vllm_pod.testing import make_batch
+
+SHAPE = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
+CHUNKS = (512, 1024, 2048)
+PREFIXES = (0, 4096, 12288)
+NUM_DECODES = (16, 64, 128)
+DECODE_CTX = (2048, 8192)
+
+
+def time_graph(fn, iters: int) -> float:
+    """Median microseconds of one replay of a CUDA graph that captured fn()."""
+    fn()  # warm-up outside capture (module load, FA3's first-call setup)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(3):
+        graph.replay()
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for s, e in zip(start, end):
+        s.record()
+        graph.replay()
+        e.record()
+    torch.cuda.synchronize()
+    return 1000 * statistics.median(s.elapsed_time(e) for s, e in zip(start, end))
+
+
+class FA3:
+    """vLLM's FA3 call as its FLASH_ATTN backend makes it (AOT scheduler metadata, paged KV)."""
+
+    def __init__(self, b, reqs: slice):
+        from vllm.vllm_flash_attn import flash_attn_varlen_func, get_scheduler_metadata
+        self.fn = flash_attn_varlen_func
+        qsl = b.query_start_loc
+        lo, hi = int(qsl[reqs.start]), int(qsl[reqs.stop])
+        self.q = b.query[lo:hi]
+        self.out = torch.empty_like(self.q)
+        self.k, self.v = b.key_cache, b.value_cache
+        self.cu_q = (qsl[reqs.start:reqs.stop + 1] - lo).contiguous()
+        self.seqused_k = b.seq_lens[reqs].contiguous()
+        self.block_table = b.block_table[reqs]
+        q_lens = self.cu_q[1:] - self.cu_q[:-1]
+        self.max_q, self.max_k = int(q_lens.max()), int(self.seqused_k.max())
+        self.scale = b.scale
+        self.meta = get_scheduler_metadata(
+            batch_size=len(self.seqused_k), max_seqlen_q=self.max_q, max_seqlen_k=self.max_k,
+            num_heads_q=b.query.shape[1], num_heads_kv=b.key_cache.shape[2],
+            headdim=b.query.shape[2], cache_seqlens=self.seqused_k, qkv_dtype=b.query.dtype,
+            cu_seqlens_q=self.cu_q, page_size=b.key_cache.shape[1], causal=True)
+
+    def __call__(self):
+        self.fn(q=self.q, k=self.k, v=self.v, out=self.out, cu_seqlens_q=self.cu_q,
+                max_seqlen_q=self.max_q, seqused_k=self.seqused_k, max_seqlen_k=self.max_k,
+                softmax_scale=self.scale, causal=True, block_table=self.block_table,
+                scheduler_metadata=self.meta, fa_version=3)
+        return self.out
+
+
+def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters):
+    b = make_batch([dec_ctx] * n_dec, [(chunk, prefix + chunk)], device="cuda", seed=chunk + prefix + n_dec,
+                   **SHAPE)
+    plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=n_dec)
+    out = torch.full_like(b.query, float("nan"))
+    run_pod = lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
+    fa3_all, fa3_pre, fa3_dec = FA3(b, slice(0, n_dec + 1)), FA3(b, slice(n_dec, n_dec + 1)), FA3(b, slice(0, n_dec))
+
+    run_pod()
+    ref = fa3_all()
+    torch.cuda.synchronize()
+    err = float((out.float() - ref.float()).abs().max())
+    if not err < 3e-2:
+        raise AssertionError(f"POD differs from FA3 by {err} at chunk={chunk} prefix={prefix} "
+                             f"decodes={n_dec}x{dec_ctx}")
+    t = {name: time_graph(fn, iters) for name, fn in
+         (("pod", run_pod), ("fa3", fa3_all), ("fa3_prefill", fa3_pre), ("fa3_decode", fa3_dec))}
+    ideal = max(t["fa3_prefill"], t["fa3_decode"])
+    prefill_flops = 4 * chunk * (prefix + (chunk + 1) / 2) * SHAPE["head_dim"] * SHAPE["num_q_heads"]
+    decode_bytes = 2 * n_dec * dec_ctx * SHAPE["num_kv_heads"] * SHAPE["head_dim"] * 2
+    return dict(chunk=chunk, prefix=prefix, decodes=n_dec, decode_ctx=dec_ctx,
+                prefill_items=plan.num_prefill_items, decode_items=plan.num_decode_items,
+                decode_slots_per_sm=plan.decode_slots_per_sm,
+                pod_us=t["pod"], fa3_us=t["fa3"], fa3_prefill_us=t["fa3_prefill"],
+                fa3_decode_us=t["fa3_decode"], ideal_us=ideal,
+                pod_over_fa3=t["pod"] / t["fa3"], pod_over_ideal=t["pod"] / ideal,
+                fa3_over_ideal=t["fa3"] / ideal,
+                prefill_tflops_fa3_alone=prefill_flops / t["fa3_prefill"] / 1e6,
+                decode_tbps_fa3_alone=decode_bytes / t["fa3_decode"] / 1e6, max_abs_err_vs_fa3=err)
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="CSV path; a .json summary is written beside it")
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="a 4-config subset")
+    args = ap.parse_args()
+
+    props = torch.cuda.get_device_properties(0)
+    planner = PodPlanner(num_q_heads=SHAPE["num_q_heads"], num_kv_heads=SHAPE["num_kv_heads"],
+                         head_dim=SHAPE["head_dim"], block_size=SHAPE["block_size"],
+                         num_sms=props.multi_processor_count,
+                         ctas_per_sm=device_ctas_per_sm(SHAPE["dtype"], SHAPE["head_dim"]),
+                         max_num_reqs=256, max_num_tokens=4096, device="cuda")
+    grid = list(itertools.product(CHUNKS, PREFIXES, NUM_DECODES, DECODE_CTX))
+    if args.quick:
+        grid = [grid[0], grid[len(grid) // 3], grid[2 * len(grid) // 3], grid[-1]]
+    rows = []
+    for i, cfg in enumerate(grid):
+        rows.append(bench_config(*cfg, planner, args.iters))
+        r = rows[-1]
+        print(f"[{i + 1}/{len(grid)}] chunk={r['chunk']:5d} prefix={r['prefix']:5d} "
+              f"dec={r['decodes']:3d}x{r['decode_ctx']:5d}  pod {r['pod_us']:8.1f}us  fa3 {r['fa3_us']:8.1f}us  "
+              f"ideal {r['ideal_us']:8.1f}us  pod/fa3 {r['pod_over_fa3']:.3f}  pod/ideal {r['pod_over_ideal']:.3f}",
+              flush=True)
+    with open(args.out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    worst = max(rows, key=lambda r: r["pod_over_fa3"])
+    summary = dict(
+        gpu=props.name, date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
+        shape={k: str(v) for k, v in SHAPE.items()}, ctas_per_sm=planner.ctas_per_sm,
+        configs=len(rows), geomean_pod_over_fa3=geomean([r["pod_over_fa3"] for r in rows]),
+        geomean_pod_over_ideal=geomean([r["pod_over_ideal"] for r in rows]),
+        geomean_fa3_over_ideal=geomean([r["fa3_over_ideal"] for r in rows]),
+        best_pod_over_fa3=min(r["pod_over_fa3"] for r in rows), worst=worst)
+    with open(args.out.rsplit(".", 1)[0] + ".json", "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps({k: v for k, v in summary.items() if k != "worst"}, indent=1))
+    print("worst:", {k: worst[k] for k in ("chunk", "prefix", "decodes", "decode_ctx", "pod_us", "fa3_us",
+                                           "pod_over_fa3")})
+
+
+if __name__ == "__main__":
+    main()
