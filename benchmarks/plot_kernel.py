@@ -1,0 +1,39 @@
+"""Plot of a bench_kernel CSV: POD and FA3 (one call) per config, normalised to the ideal
+max(prefill alone, decode alone).
+
+    python -m benchmarks.plot_kernel benchmarks/results/kernel_h100.csv   # writes kernel_h100.png
+"""
+
+import csv
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot(csv_path: str) -> str:
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    labels = [f"{r['chunk']}/{r['prefix']}/{r['decodes']}x{int(r['decode_ctx']) // 1024}K" for r in rows]
+    pod = [float(r["pod_over_ideal"]) for r in rows]
+    fa3 = [float(r["fa3_over_ideal"]) for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.28), 5))
+    ax.bar([i - 0.2 for i in x], fa3, width=0.4, label="FA3, one varlen call")
+    ax.bar([i + 0.2 for i in x], pod, width=0.4, label="POD (fused)")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="ideal: max(prefill alone, decode alone)")
+    ax.set_xticks(list(x), labels, rotation=90, fontsize=7)
+    ax.set_xlabel("chunk / prefix / decodes x context")
+    ax.set_ylabel("time / ideal (lower is better)")
+    ax.set_title("Hybrid-batch attention on one GPU (Llama-3-8B shapes, bf16, block 16)")
+    ax.legend()
+    fig.tight_layout()
+    out = csv_path.rsplit(".", 1)[0] + ".png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
+if __name__ == "__main__":
+    print(plot(sys.argv[1]))
