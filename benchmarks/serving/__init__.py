@@ -1,0 +1,1 @@
+"""Serving benchmarks: POD against vLLM's own attention backends (`python -m benchmarks.serving`)."""
