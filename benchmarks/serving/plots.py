@@ -127,6 +127,7 @@ def memory_timeline(
     ax.axvspan(0, warmup_s, color="grey", alpha=0.2, label="warm-up")
     ax.set_xlabel("seconds since the benchmark started")
     ax.set_ylabel("GPU memory used (MiB)")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
