@@ -204,6 +204,30 @@ def test_report_writes_markdown_and_plots(tmp_path):
     assert "](plots/latency-vs-load_llama-3-8b-chunk1024-sweep.png)" in markdown
 
 
+def test_report_merges_results_of_several_invocations(tmp_path):
+    """One GPU-machine call per server: each call's results in a subdirectory, one report over all."""
+    name = "llama-3-8b__chunk1024__POD__sweep__rate2"
+    shutil.copytree(RUNS, tmp_path / "call-1" / "runs")
+    (tmp_path / "call-1" / "outcomes.json").write_text(json.dumps({name: {
+        "run": name, "status": "failed", "reason": "server not ready", "result": None, "seconds": 1}}))
+    rerun = json.loads((RUNS / f"{name}.json").read_text())
+    rerun.update(date="29990101-000000", p50_ttft_ms=1.0)
+    (tmp_path / "call-2" / "runs").mkdir(parents=True)
+    (tmp_path / "call-2" / "runs" / f"{name}.json").write_text(json.dumps(rerun))
+    (tmp_path / "call-2" / "outcomes.json").write_text(json.dumps({name: {
+        "run": name, "status": "ok", "reason": "", "result": "runs/x.json", "seconds": 1}}))
+    for call in ("call-1", "call-2"):
+        (tmp_path / call / "invocations.jsonl").write_text(json.dumps({
+            "date": call, "command": f"python -m benchmarks.serving run # {call}",
+            "gpus": ["H100"], "versions": {"vllm": "0.26.0"}}) + "\n")
+
+    console = write_report(tmp_path, with_plots=False)
+    assert "did not succeed" not in console  # the rerun succeeded
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| TTFT p50 (ms) | 14.9 | 1.00 (0.07x) | " in markdown  # the newer run's value
+    assert "# call-1`" in markdown and "# call-2`" in markdown
+
+
 # --- tokenizer and model directory ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -283,7 +307,7 @@ def test_sweep_end_to_end_reports_failures_without_aborting(tmp_path, monkeypatc
     assert "backend=POD" in (results / "logs" / "llama-3-8b__chunk256__POD.server.log").read_text()
     assert (results / "logs" / "llama-3-8b__chunk256__POD__tiny__rate2.bench.log").exists()
 
-    records = load_records(results / "runs")
+    records = load_records(results)
     assert len(records) == 4
     pod = next(c for c in compare(records) if c.scenario.request_rate == 2.0)
     assert pod.ratio("POD", "p50_ttft_ms") == pytest.approx(0.9)  # the fake's POD scale

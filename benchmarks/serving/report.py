@@ -1,7 +1,8 @@
 """The report of a results directory: console table, results.md, PNG plots, what ran where.
 
 `report` reads only files, so it can run on a machine other than the one that ran the sweep (the GPU
-machine may lack matplotlib).
+machine may lack matplotlib). It reads the whole tree under the directory, so the results of several
+invocations (one per GPU-machine call, each in its own subdirectory) make one report.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from . import gpu, plots
 from .results import compare, format_console, format_markdown, load_records
-from .sweep import load_outcomes
+from .sweep import OUTCOMES_FILE
 
 INVOCATIONS_FILE = "invocations.jsonl"
 
@@ -40,13 +41,26 @@ def record_invocation(results_dir: Path, argv: list[str]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def collect_outcomes(results_dir: Path) -> dict[str, dict]:
+    """Outcomes from every outcomes.json in the tree; a run that succeeded anywhere counts as ok."""
+    merged: dict[str, dict] = {}
+    for path in sorted(Path(results_dir).rglob(OUTCOMES_FILE)):
+        for run, outcome in json.loads(path.read_text(encoding="utf-8")).items():
+            if merged.get(run, {}).get("status") != "ok":
+                merged[run] = outcome
+    return merged
+
+
 def _invocations_markdown(results_dir: Path) -> list[str]:
-    path = Path(results_dir) / INVOCATIONS_FILE
-    if not path.exists():
+    entries = [
+        json.loads(line)
+        for path in Path(results_dir).rglob(INVOCATIONS_FILE)
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    if not entries:
         return []
     lines = ["## How these results were made", ""]
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(raw)
+    for entry in sorted(entries, key=lambda e: e["date"]):
         versions = ", ".join(f"{k} {v}" for k, v in entry["versions"].items())
         gpus = "; ".join(entry["gpus"] or ["no GPU seen"])
         lines += [f"- {entry['date']} on {gpus} ({versions}):", f"  `{entry['command']}`"]
@@ -56,8 +70,8 @@ def _invocations_markdown(results_dir: Path) -> list[str]:
 def write_report(results_dir: Path, *, with_plots: bool = True) -> str:
     """Write results.md (and plots/*.png) into results_dir; return the console text."""
     results_dir = Path(results_dir)
-    comparisons = compare(load_records(results_dir / "runs"))
-    outcomes = load_outcomes(results_dir)
+    comparisons = compare(load_records(results_dir))
+    outcomes = collect_outcomes(results_dir)
     problems = [o for _, o in sorted(outcomes.items()) if o["status"] != "ok"]
     markdown = format_markdown(comparisons, problems)
     console = format_console(comparisons)

@@ -64,6 +64,7 @@ class Record:
     completed: int
     failed: int
     path: Path
+    date: str = ""  # vLLM's "date" (YYYYmmdd-HHMMSS): the newest of repeated runs wins
 
 
 @dataclass
@@ -104,13 +105,14 @@ def record_from_json(data: dict, path: Path) -> Record:
     return Record(
         backend=data["attention_backend"], scenario=scenario, values=values,
         completed=int(data.get("completed", 0)), failed=int(data.get("failed", 0)), path=path,
+        date=str(data.get("date", "")),
     )
 
 
-def load_records(runs_dir: Path) -> list[Record]:
-    """Every harness result JSON under runs_dir (others, e.g. without our metadata, are skipped)."""
+def load_records(results_dir: Path) -> list[Record]:
+    """Every harness result JSON anywhere under results_dir; other JSON files are skipped."""
     records = []
-    for path in sorted(Path(runs_dir).rglob("*.json")):
+    for path in sorted(Path(results_dir).rglob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and "attention_backend" in data:
             records.append(record_from_json(data, path))
@@ -119,7 +121,7 @@ def load_records(runs_dir: Path) -> list[Record]:
 
 def compare(records: list[Record]) -> list[Comparison]:
     by_scenario: dict[Scenario, Comparison] = {}
-    for rec in records:
+    for rec in sorted(records, key=lambda r: r.date):  # a rerun replaces an earlier run
         by_scenario.setdefault(rec.scenario, Comparison(rec.scenario)).records[rec.backend] = rec
     return [by_scenario[s] for s in sorted(by_scenario)]
 
