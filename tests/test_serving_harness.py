@@ -163,6 +163,18 @@ def test_plan_groups_runs_per_server_and_skips_what_does_not_fit(tmp_path):
     assert plan(["llama-3-8b"], ["POD"], [long], [2048], ServerSettings(), opts)[0][0][0].chunk_size == 2048
 
 
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["run", "--dry-run", "--results-dir", str(results), "--models", "llama-2-7b",
+                 "--workloads", "long-prefill", "saturating", "--chunk-sizes", "2048"]) == 0
+    out = capsys.readouterr().out
+    assert "VLLM_ATTENTION_BACKEND=POD python3 -m vllm.entrypoints.cli.main serve" in out
+    assert "--attention-backend FLASHINFER" in out and "--max-model-len 4096" in out
+    assert out.count(" bench serve ") == 3  # saturating once per backend
+    assert "# skipped llama-2-7b__chunk2048__POD__long-prefill__rate0.5: needs 6200 tokens" in out
+    assert not results.exists()
+
+
 # --- aggregation, tables, plots ------------------------------------------------------------------
 
 def test_aggregation_and_ratios_on_recorded_results():

@@ -12,7 +12,7 @@ from .model_dir import DEFAULT_MODEL_ROOT, available_models, make_model_dir
 from .report import record_invocation, write_report
 from .runner import Options
 from .soak import run_soak
-from .sweep import ServerSettings, plan, run_sweep
+from .sweep import ServerSettings, describe_plan, plan, run_sweep
 from .workloads import load_workload
 
 DEFAULT_WORKLOADS = ["long-prefill", "mixed", "saturating"]
@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-sizes", nargs="+", type=int, default=None,
                      help="only these of the workloads' chunk sizes")
     run.add_argument("--no-plots", action="store_true")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the servers and runs this would start, with their command lines")
 
     report = sub.add_parser("report", help="tables and plots from an existing results directory")
     report.add_argument("results_dir", type=Path)
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(write_report(args.results_dir, with_plots=not args.no_plots))
         return 0
     opts, settings = _options(args)
-    record_invocation(opts.results_dir, argv)
+    if not getattr(args, "dry_run", False):
+        record_invocation(opts.results_dir, argv)
     if args.command == "soak":
         found = run_soak(
             load_workload(args.workload), args.model, args.backend, args.chunk_size, settings, opts,
@@ -113,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if found["passed"] else 1
     workloads = [load_workload(w) for w in args.workloads]
     groups, skipped = plan(args.models, args.backends, workloads, args.chunk_sizes, settings, opts)
+    if args.dry_run:
+        print(describe_plan(groups, skipped, opts))
+        return 0
     outcomes = run_sweep(groups, skipped, opts)
     print(write_report(opts.results_dir, with_plots=not args.no_plots))
     return 1 if any(o.status == "failed" for o in outcomes) else 0

@@ -8,11 +8,12 @@ size, then backend, so a sweep cut short still leaves complete comparisons for w
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import gpu
-from .commands import BenchRun, ServerSpec
+from .commands import BenchRun, ServerSpec, bench_command, serve_command, serve_env
 from .model_dir import load_model_config, make_model_dir
 from .runner import Options, Outcome, Progress, run_bench, server_for, start_server, stop_server
 from .server import ServerError
@@ -78,6 +79,19 @@ def _runs_for(spec: ServerSpec, workloads: list[Workload], skipped: list[Outcome
             else:
                 runs.append(run)
     return runs
+
+
+def describe_plan(groups: list[Group], skipped: list[Outcome], opts: Options) -> str:
+    """What a sweep would do, as shell lines: each server, then its benchmark runs."""
+    lines = []
+    for spec, runs in groups:
+        env = serve_env({}, spec.backend)
+        prefix = "".join(f"{k}={v} " for k, v in env.items())
+        lines += [f"# server {spec.name}", prefix + shlex.join(serve_command(opts.vllm_cli, spec))]
+        lines += [shlex.join(bench_command(opts.vllm_cli, run, opts.runs_dir)) for run in runs]
+        lines.append("")
+    lines += [f"# skipped {o.run}: {o.reason}" for o in skipped]
+    return "\n".join(lines)
 
 
 def run_group(spec: ServerSpec, runs: list[BenchRun], opts: Options, progress: Progress) -> list[Outcome]:
