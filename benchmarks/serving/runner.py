@@ -1,7 +1,7 @@
 """Running things for the sweep and the soak: a server per ServerSpec, a bounded bench per BenchRun.
 
-Nothing here raises for a failed start or run: each becomes an Outcome, so one bad run never stops
-the runs after it.
+A failed run becomes an Outcome rather than an exception, so one bad run never stops the runs after
+it; a failed server start raises ServerError, which the caller turns into outcomes for its runs.
 """
 
 from __future__ import annotations
