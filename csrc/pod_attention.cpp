@@ -10,6 +10,16 @@
 
 namespace {
 
+// Numbers go into messages through std::to_string, not c10::str: on the GPU image the extension
+// links its own copy of libstdc++'s stream code, whose number formatting crashed (seen
+// 2026-11-27: SIGSEGV in ostream::_M_insert<long> while building an error message).
+std::string num(int64_t v) { return std::to_string(v); }
+std::string nums(at::IntArrayRef v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
 constexpr const char* kSupported =
     "vllm_pod supports dtypes float16/bfloat16, head dims 64/128/256, block sizes 16/32/64, "
     "and num_q_heads divisible by num_kv_heads";
@@ -18,7 +28,7 @@ void check_rows_aligned(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.stride(-1) == 1, name, ": the last (head) dim must be contiguous");
   for (int i = 0; i < t.dim() - 1; ++i)
     TORCH_CHECK(t.stride(i) % 8 == 0, name, ": strides must be multiples of 8 elements (16 bytes), got ",
-                t.strides());
+                nums(t.strides()));
   TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, ": must be 16-byte aligned");
 }
 
@@ -48,7 +58,7 @@ void check_dtype_and_head_dim(at::ScalarType dtype, int64_t head_dim) {
   TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "unsupported dtype ", dtype, "; ",
               kSupported);
   TORCH_CHECK(head_dim == 64 || head_dim == 128 || head_dim == 256, "unsupported head dim ",
-              head_dim, "; ", kSupported);
+              num(head_dim), "; ", kSupported);
 }
 
 int64_t ctas_per_sm(at::ScalarType dtype, int64_t head_dim) {
@@ -76,11 +86,12 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   TORCH_CHECK(key_cache.scalar_type() == query.scalar_type() && value_cache.scalar_type() == query.scalar_type() &&
                   out.scalar_type() == query.scalar_type(),
               "query, key/value cache and out must share one dtype (fp8 KV cache is not supported)");
-  TORCH_CHECK(key_cache.size(3) == head_dim, "key/value head dim ", key_cache.size(3),
-              " differs from the query's ", head_dim);
+  TORCH_CHECK(key_cache.size(3) == head_dim, "key/value head dim ", num(key_cache.size(3)),
+              " differs from the query's ", num(head_dim));
   TORCH_CHECK(block_size == 16 || block_size == 32 || block_size == 64, "unsupported block size ",
-              block_size, "; ", kSupported);
-  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "num_q_heads ", hq, " is not a multiple of num_kv_heads ", hkv);
+              num(block_size), "; ", kSupported);
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "num_q_heads ", num(hq), " is not a multiple of num_kv_heads ",
+              num(hkv));
   TORCH_CHECK(out.sizes() == query.sizes(), "out must have the query's shape");
   check_rows_aligned(query, "query");
   check_rows_aligned(out, "out");
@@ -91,7 +102,7 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   TORCH_CHECK(plan.scalar_type() == at::kInt && plan.is_contiguous(), "plan must be contiguous int32");
   TORCH_CHECK(counters.scalar_type() == at::kInt && counters.is_contiguous() &&
                   counters.numel() >= pod::kCtrMerge,
-              "counters must be contiguous int32 with at least ", pod::kCtrMerge, " entries");
+              "counters must be contiguous int32 with at least ", num(pod::kCtrMerge), " entries");
   TORCH_CHECK(workspace.scalar_type() == at::kFloat && workspace.is_contiguous(),
               "workspace must be contiguous float32");
   TORCH_CHECK(ctas_per_sm >= 1 && num_sms >= 1, "ctas_per_sm and num_sms must be positive");

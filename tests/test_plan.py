@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_pod.plan import DECODE_TILE_ROWS, ITEM_FIELDS, PREFILL_TILE_ROWS, SPLIT_ALIGN, PodPlanner
+from vllm_pod.plan import DECODE_TILE_ROWS, ITEM_FIELDS, SPLIT_ALIGN, PodPlanner
 from vllm_pod.reference import gather_kv, reference_attention
 from vllm_pod.testing import make_batch
 
@@ -69,7 +69,7 @@ def check_invariants(b, plan, planner):
     items = plan.items
     assert items.shape[0] == plan.num_prefill_items + plan.num_decode_items
     rows = items[:, F["n_tok"]] * items[:, F["nh"]]
-    assert (rows[:plan.num_prefill_items] <= PREFILL_TILE_ROWS).all()
+    assert (rows[:plan.num_prefill_items] <= planner.prefill_rows).all()
     assert (rows[plan.num_prefill_items:] <= DECODE_TILE_ROWS).all()
     assert (items[:, F["kv_start"]] % SPLIT_ALIGN == 0).all()
     assert (items[:, F["kv_start"]] <= items[:, F["q_pos0"]]).all()

@@ -4,7 +4,8 @@ A plan cuts a hybrid batch into work items, each a tile of query rows (tokens x 
 KV head's GQA group) against a range of that request's keys:
 
 * requests whose rows fit 16 (decodes, short extends) get *decode tiles* of 16 rows, whose warps
-  split the keys; the rest get *prefill tiles* of 64 rows whose warps split the rows;
+  split the keys; the rest get *prefill tiles* of 128 rows (64 at head dim 256) whose warps split
+  the rows;
 * when a kind has too few items to fill its share of the GPU, long key ranges are cut into
   KV-splits (bounded: at most about two items per CTA slot) merged in-kernel by the last split;
 * each queue is ordered longest first, and the plan says how many CTAs per SM prefer decode work.
@@ -26,8 +27,12 @@ ITEM_FIELDS = ("req", "kv_head", "h0", "nh", "q_start", "n_tok", "q_pos0", "kv_s
                "slot", "slot_base", "num_splits", "merge_id")
 COUNTER_MERGE_BASE = 4 + 1024  # kCtrSmSlots + kMaxSmIds
 
-PREFILL_TILE_ROWS = 64
 DECODE_TILE_ROWS = 16
+
+
+def prefill_tile_rows(head_dim: int) -> int:
+    """Rows of a prefill tile: 4 warps x 2 m16 tiles, or x 1 where registers allow only one."""
+    return 128 if head_dim <= 128 else 64
 SPLIT_ALIGN = 64  # KV-split boundaries are multiples of every kernel key tile
 MIN_SPLIT_KEYS = {"decode": 256, "prefill": 1024}
 
@@ -68,16 +73,17 @@ class PodPlanner:
         self.ctas_per_sm = ctas_per_sm
         self.device = torch.device(device)
 
+        self.prefill_rows = prefill_tile_rows(head_dim)
         slots = num_sms * ctas_per_sm
         # Unsplit items: every request's tiles; the worst case has the most partial tiles.
         base = sum(
             (max_num_tokens // self._tokens_per_tile(rows) + max_num_reqs) * self._head_chunks(rows)
-            for rows in (PREFILL_TILE_ROWS, DECODE_TILE_ROWS)) * num_kv_heads
+            for rows in (self.prefill_rows, DECODE_TILE_ROWS)) * num_kv_heads
         # Splitting happens only while a kind has fewer items than its target (2 per slot), so it
         # adds at most that many pieces again.
         self.split_target = 2 * slots
         self.max_items = base + 2 * self.split_target
-        self.max_split_rows = 2 * self.split_target * PREFILL_TILE_ROWS
+        self.max_split_rows = 2 * self.split_target * self.prefill_rows
         self.max_merge_groups = self.split_target
 
         pin = self.device.type == "cuda"
@@ -182,7 +188,7 @@ class PodPlanner:
         is_prefill_tile = (q_len > 0) & ~is_decode_tile
 
         queues = {}
-        for kind, sel, rows in (("prefill", is_prefill_tile, PREFILL_TILE_ROWS),
+        for kind, sel, rows in (("prefill", is_prefill_tile, self.prefill_rows),
                                 ("decode", is_decode_tile, DECODE_TILE_ROWS)):
             queues[kind] = self._tiles(reqs[sel], qsl[:-1][sel], q_len[sel], seq_len[sel], rows)
 

@@ -34,35 +34,37 @@ struct RowSink {
   }
 };
 
-// Prefill: each warp writes its own 16 rows straight from registers.
-template <class Cfg>
-__device__ __forceinline__ void store_warp_rows(WarpState<Cfg>& st, const RowSink<Cfg>& sink,
+// Prefill: each warp writes its own rows straight from registers.
+template <class Cfg, int M>
+__device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const RowSink<Cfg>& sink,
                                                 int row0, int used, float scale_log2) {
-  float lse[2];
+  float lse[M][2];
   st.finalize(scale_log2, lse);
   const int lane = threadIdx.x & 31;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + (lane >> 2) + 8 * r;
-    if (row >= used) continue;
+  for (int mt = 0; mt < M; ++mt)
 #pragma unroll
-    for (int j = 0; j < Cfg::D / 8; ++j)
-      sink.put(row, 8 * j + 2 * (lane & 3), st.o[j][2 * r], st.o[j][2 * r + 1]);
-    if ((lane & 3) == 0) sink.put_lse(row, lse[r]);
-  }
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + 16 * mt + (lane >> 2) + 8 * r;
+      if (row >= used) continue;
+#pragma unroll
+      for (int j = 0; j < Cfg::D / 8; ++j)
+        sink.put(row, 8 * j + 2 * (lane & 3), st.o[mt][j][2 * r], st.o[mt][j][2 * r + 1]);
+      if ((lane & 3) == 0) sink.put_lse(row, lse[mt][r]);
+    }
 }
 
 // Decode: the warps hold the same 16 rows over different keys; combine them through shared memory
 // (which the caller has finished using for tiles) and write the rows with all threads.
 template <class Cfg>
-__device__ __forceinline__ void merge_decode_warps(WarpState<Cfg>& st, const RowSink<Cfg>& sink,
+__device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const RowSink<Cfg>& sink,
                                                    float* scratch, int used, float scale_log2) {
   constexpr int D = Cfg::D, R = Cfg::kDecodeRows;
   float* s_o = scratch;                           // [kDecodeWarps][R][D]
   float* s_lse = scratch + Cfg::kWarps * R * D;   // [kDecodeWarps][R]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp < Cfg::kDecodeWarps) {
-    float lse[2];
+    float lse[1][2];
     st.finalize(scale_log2, lse);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -70,8 +72,8 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg>& st, const Row
 #pragma unroll
       for (int j = 0; j < D / 8; ++j)
         *reinterpret_cast<float2*>(s_o + (warp * R + row) * D + 8 * j + 2 * (lane & 3)) =
-            make_float2(st.o[j][2 * r], st.o[j][2 * r + 1]);
-      if ((lane & 3) == 0) s_lse[warp * R + row] = lse[r];
+            make_float2(st.o[0][j][2 * r], st.o[0][j][2 * r + 1]);
+      if ((lane & 3) == 0) s_lse[warp * R + row] = lse[0][r];
     }
   }
   __syncthreads();

@@ -14,30 +14,35 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   using T = typename Cfg::T;
   constexpr bool kIsDecode = kKind == kDecode;
   constexpr int kRows = kIsDecode ? Cfg::kDecodeRows : Cfg::kPrefillRows;
+  constexpr int kM = kIsDecode ? 1 : Cfg::kPrefillMTiles;  // m16 tiles per warp
+  constexpr int kKeys = kIsDecode ? Cfg::kDecodeKeys : Cfg::kPrefillKeys;
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sKV = sQ + Cfg::kQElems;  // [stage][K|V][kKeys][D]
+  T* sKV = sQ + Cfg::kQElems;  // [stage][K|V][keys][D]
   auto sK = [&](int stage) { return sKV + (2 * stage) * Cfg::kKVElems; };
   auto sV = [&](int stage) { return sKV + (2 * stage + 1) * Cfg::kKVElems; };
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int used = it.n_tok * it.nh;
-  const int row0 = kIsDecode ? 0 : warp * 16;  // this warp's first query row
-  int row_pos[2];
+  const int row0 = kIsDecode ? 0 : warp * 16 * kM;  // this warp's first query row
+  int row_pos[kM][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) row_pos[r] = it.q_pos0 + (row0 + (lane >> 2) + 8 * r) / it.nh;
+  for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      row_pos[mt][r] = it.q_pos0 + (row0 + 16 * mt + (lane >> 2) + 8 * r) / it.nh;
   // Tiles starting past this need the mask (causal diagonal or the end of the key range).
-  const int mask_from = min(it.kv_end, it.q_pos0 + 1) - Cfg::kKeys;
+  const int mask_from = min(it.kv_end, it.q_pos0 + 1) - kKeys;
 
-  WarpState<Cfg> st;
+  WarpState<Cfg, kM> st;
   st.init();
-  const int num_tiles = (it.kv_end - it.kv_start + Cfg::kKeys - 1) / Cfg::kKeys;
+  const int num_tiles = (it.kv_end - it.kv_start + kKeys - 1) / kKeys;
   load_query_rows<Cfg>(sQ, p, it, kRows);
-  load_kv_tile<Cfg>(sK(0), sV(0), p, it, it.kv_start);
+  load_kv_tile<Cfg, kKeys>(sK(0), sV(0), p, it, it.kv_start);
   cp_async_commit();
   for (int t = 0; t < num_tiles; ++t) {
-    const int tile_start = it.kv_start + t * Cfg::kKeys;
+    const int tile_start = it.kv_start + t * kKeys;
     if (t + 1 < num_tiles) {
-      load_kv_tile<Cfg>(sK((t + 1) & 1), sV((t + 1) & 1), p, it, tile_start + Cfg::kKeys);
+      load_kv_tile<Cfg, kKeys>(sK((t + 1) & 1), sV((t + 1) & 1), p, it, tile_start + kKeys);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -50,19 +55,19 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       if (warp < Cfg::kDecodeWarps) {
         const int kw0 = warp * Cfg::kDecodeWarpKeys;
         if (masked)
-          warp_attend<Cfg, Cfg::kDecodeWarpKeys, true>(st, sQ, sK(stage), sV(stage), 0, kw0,
-                                                       tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
+          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, true>(st, sQ, sK(stage), sV(stage), 0, kw0,
+                                                          tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
         else
-          warp_attend<Cfg, Cfg::kDecodeWarpKeys, false>(st, sQ, sK(stage), sV(stage), 0, kw0,
-                                                        tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
+          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, false>(st, sQ, sK(stage), sV(stage), 0, kw0,
+                                                           tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
       }
     } else if (row0 < used) {  // warps whose rows are all padding skip the math
       if (masked)
-        warp_attend<Cfg, Cfg::kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
-                                           it.kv_end, row_pos, p.scale_log2);
+        warp_attend<Cfg, kM, kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
+                                          it.kv_end, row_pos, p.scale_log2);
       else
-        warp_attend<Cfg, Cfg::kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
-                                            it.kv_end, row_pos, p.scale_log2);
+        warp_attend<Cfg, kM, kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
+                                           it.kv_end, row_pos, p.scale_log2);
     }
     __syncthreads();  // the stage is refilled next iteration
   }
@@ -71,7 +76,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   if constexpr (kIsDecode)
     merge_decode_warps<Cfg>(st, sink, reinterpret_cast<float*>(smem), used, p.scale_log2);
   else
-    store_warp_rows<Cfg>(st, sink, row0, used, p.scale_log2);
+    store_warp_rows<Cfg, kM>(st, sink, row0, used, p.scale_log2);
   if (it.slot >= 0) finish_split<Cfg>(p, it, used, s_flag);
 }
 
@@ -90,7 +95,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 2) pod_attention_kernel(const P
     }
     __syncthreads();
     if (s_index < 0) break;
-    const WorkItem it = s_item;
+    const WorkItem& it = s_item;  // read from shared memory: keeps 16 registers free
     if (s_kind == kDecode)
       run_item<Cfg, kDecode>(p, it, smem, &s_flag);
     else

@@ -11,25 +11,27 @@ struct TileConfig {
   static constexpr int D = D_;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  // Prefill tile: each warp owns 16 query rows (one m16 MMA tile) -> 64 rows share each K/V tile.
-  static constexpr int kPrefillRows = kWarps * 16;
+  // Prefill tile: each warp owns kPrefillMTiles m16 MMA tiles of query rows (two where registers
+  // allow: each K/V fragment read from shared memory then feeds two MMAs), against kPrefillKeys keys.
+  static constexpr int kPrefillMTiles = D <= 128 ? 2 : 1;
+  static constexpr int kPrefillRows = kWarps * 16 * kPrefillMTiles;
+  static constexpr int kPrefillKeys = D <= 64 ? 64 : 32;
   // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
   static constexpr int kDecodeRows = 16;
   static constexpr int kDecodeWarpKeys = 16;
-  // Keys per shared-memory K/V tile: 64, halved at D=256 to keep two CTAs per SM.
-  static constexpr int kKeys = D <= 128 ? 64 : 32;
-  static constexpr int kDecodeWarps = kKeys / kDecodeWarpKeys;
+  static constexpr int kDecodeKeys = D <= 128 ? 64 : 32;  // halved at D=256 for two CTAs per SM
+  static constexpr int kDecodeWarps = kDecodeKeys / kDecodeWarpKeys;
   static constexpr int kStages = 2;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
 
   static constexpr int kQElems = kPrefillRows * D;
-  static constexpr int kKVElems = kKeys * D;
+  static constexpr int kKVElems = (kPrefillKeys > kDecodeKeys ? kPrefillKeys : kDecodeKeys) * D;
   static constexpr size_t kSmemBytes = sizeof(T) * (kQElems + 2 * kStages * kKVElems);
   // Decode's cross-warp merge reuses the whole region once the key loop is done.
   static constexpr size_t kMergeBytes = sizeof(float) * kWarps * kDecodeRows * (D + 1);
   static_assert(kMergeBytes <= kSmemBytes, "decode merge scratch must fit the tile region");
   static_assert(kChunks >= 8, "the XOR swizzle needs at least 8 chunks per row");
-  static_assert(64 % kKeys == 0, "plan.py aligns KV splits to 64 keys");
+  static_assert(64 % kPrefillKeys == 0 && 64 % kDecodeKeys == 0, "plan.py aligns KV splits to 64 keys");
 
   // Offset (elements) of column `col` (a multiple of 8) of row `row` in a swizzled [rows][D] tile:
   // 16-byte chunks XOR-ed with the row so ldmatrix's 8 row addresses hit 8 distinct bank groups.

@@ -25,7 +25,7 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
 
 // Keys [tile_start, tile_start + kKeys) of K and V; keys at or past kv_end are zero-filled so that
 // masked probabilities (exactly 0) never meet uninitialised values.
-template <class Cfg>
+template <class Cfg, int kKeys>
 __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
                                              const PodParams& p, const WorkItem& it,
                                              int tile_start) {
@@ -35,7 +35,7 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
   const int* pages = p.block_table + it.req * p.bt_stride;
   const int mask = (1 << p.log2_block_size) - 1;
 #pragma unroll
-  for (int i = 0; i < Cfg::kKeys * Cfg::kChunks / Cfg::kThreads; ++i) {
+  for (int i = 0; i < kKeys * Cfg::kChunks / Cfg::kThreads; ++i) {
     const int idx = i * Cfg::kThreads + threadIdx.x;
     const int key = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
     const int pos = tile_start + key;
