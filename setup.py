@@ -18,8 +18,9 @@ ext = CUDAExtension(
     sources=["csrc/pod_attention.cpp", *sorted(glob.glob("csrc/instantiations/*.cu"))],
     include_dirs=[os.path.abspath("csrc")],
     extra_compile_args={
-        "cxx": ["-O3", "-std=c++17"],
-        "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+        "cxx": [*os.environ.get("POD_NVCC_FLAGS", "").split(), "-O3", "-std=c++17"],
+        # POD_NVCC_FLAGS: extra flags for tuning builds, e.g. "-DPOD_PREFILL_MTILES=1".
+        "nvcc": [*os.environ.get("POD_NVCC_FLAGS", "").split(), "-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
                  "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                  "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"],
     },

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from vllm_pod.ops import device_ctas_per_sm, pod_attention
+from vllm_pod.ops import device_ctas_per_sm, device_prefill_tile_rows, pod_attention
 from vllm_pod.plan import PodPlanner
 from vllm_pod.testing import make_batch
 
@@ -88,12 +88,15 @@ class FA3:
         return self.out
 
 
-def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters):
+def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters, pod_only=False):
     b = make_batch([dec_ctx] * n_dec, [(chunk, prefix + chunk)], device="cuda", seed=chunk + prefix + n_dec,
                    **SHAPE)
     plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=n_dec)
     out = torch.full_like(b.query, float("nan"))
     run_pod = lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
+    if pod_only:  # tuning builds: POD's time alone, no vLLM needed (correctness is the tests' job)
+        return dict(chunk=chunk, prefix=prefix, decodes=n_dec, decode_ctx=dec_ctx,
+                    pod_us=time_graph(run_pod, iters))
     fa3_all, fa3_pre, fa3_dec = FA3(b, slice(0, n_dec + 1)), FA3(b, slice(n_dec, n_dec + 1)), FA3(b, slice(0, n_dec))
 
     run_pod()
@@ -127,7 +130,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="CSV path; a .json summary is written beside it")
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--quick", action="store_true", help="a 4-config subset")
+    ap.add_argument("--stride", type=int, default=1, help="time every STRIDE-th config only")
+    ap.add_argument("--pod-only", action="store_true", help="time POD alone and print; no FA3, no files")
     args = ap.parse_args()
 
     props = torch.cuda.get_device_properties(0)
@@ -135,10 +139,16 @@ def main():
                          head_dim=SHAPE["head_dim"], block_size=SHAPE["block_size"],
                          num_sms=props.multi_processor_count,
                          ctas_per_sm=device_ctas_per_sm(SHAPE["dtype"], SHAPE["head_dim"]),
-                         max_num_reqs=256, max_num_tokens=4096, device="cuda")
+                         max_num_reqs=256, max_num_tokens=4096, device="cuda",
+                         prefill_rows=device_prefill_tile_rows(SHAPE["dtype"], SHAPE["head_dim"]))
     grid = list(itertools.product(CHUNKS, PREFIXES, NUM_DECODES, DECODE_CTX))
-    if args.quick:
-        grid = [grid[0], grid[len(grid) // 3], grid[2 * len(grid) // 3], grid[-1]]
+    grid = grid[::args.stride]
+    if args.pod_only:
+        times = [bench_config(*cfg, planner, args.iters, pod_only=True)["pod_us"] for cfg in grid]
+        for cfg, t in zip(grid, times):
+            print(f"chunk={cfg[0]:5d} prefix={cfg[1]:5d} dec={cfg[2]:3d}x{cfg[3]:5d}  pod {t:8.1f}us")
+        print(f"prefill rows {planner.prefill_rows}: geomean pod_us {geomean(times):.1f}")
+        return
     rows = []
     for i, cfg in enumerate(grid):
         rows.append(bench_config(*cfg, planner, args.iters))
@@ -155,6 +165,7 @@ def main():
     summary = dict(
         gpu=props.name, date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
         shape={k: str(v) for k, v in SHAPE.items()}, ctas_per_sm=planner.ctas_per_sm,
+        prefill_tile_rows=planner.prefill_rows,
         configs=len(rows), geomean_pod_over_fa3=geomean([r["pod_over_fa3"] for r in rows]),
         geomean_pod_over_ideal=geomean([r["pod_over_ideal"] for r in rows]),
         geomean_fa3_over_ideal=geomean([r["fa3_over_ideal"] for r in rows]),

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <torch/extension.h>
 
+#include "pod/tile_config.cuh"
 #include "pod_attention.h"
 
 namespace {
@@ -49,6 +50,13 @@ struct Launch {
   template <typename T, int D>
   static cudaError_t run(const pod::PodParams& p, int num_ctas, cudaStream_t s) { return pod::launch<T, D>(p, num_ctas, s); }
 };
+struct PrefillRows {
+  template <typename T, int D>
+  static cudaError_t run(int* n) {
+    *n = pod::TileConfig<T, D>::kPrefillRows;
+    return cudaSuccess;
+  }
+};
 struct Occupancy {
   template <typename T, int D>
   static cudaError_t run(int* n) { return pod::ctas_per_sm<T, D>(n); }
@@ -66,6 +74,13 @@ int64_t ctas_per_sm(at::ScalarType dtype, int64_t head_dim) {
   int n = 0;
   const cudaError_t e = dispatch<Occupancy>(dtype, head_dim, &n);
   TORCH_CHECK(e == cudaSuccess, "occupancy query failed: ", cudaGetErrorString(e));
+  return n;
+}
+
+int64_t prefill_tile_rows(at::ScalarType dtype, int64_t head_dim) {
+  check_dtype_and_head_dim(dtype, head_dim);
+  int n = 0;
+  dispatch<PrefillRows>(dtype, head_dim, &n);
   return n;
 }
 
@@ -150,6 +165,7 @@ TORCH_LIBRARY(vllm_pod, m) {
       "float softmax_scale, int ctas_per_sm, int num_sms) -> ()");
   m.impl("pod_attention", torch::kCUDA, &pod_attention);
   m.def("ctas_per_sm(ScalarType dtype, int head_dim) -> int", &ctas_per_sm);
+  m.def("prefill_tile_rows(ScalarType dtype, int head_dim) -> int", &prefill_tile_rows);
 }
 
 // Importing vllm_pod._C registers the ops above.

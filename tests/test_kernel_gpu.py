@@ -18,12 +18,13 @@ TOL = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2, rel_norm=1e-2),
 
 
 def new_planner(b, max_num_tokens=16384, max_num_reqs=256):
-    from vllm_pod.ops import device_ctas_per_sm
+    from vllm_pod.ops import device_ctas_per_sm, device_prefill_tile_rows
     return PodPlanner(num_q_heads=b.query.shape[1], num_kv_heads=b.key_cache.shape[2],
                       head_dim=b.query.shape[2], block_size=b.key_cache.shape[1],
                       num_sms=torch.cuda.get_device_properties(0).multi_processor_count,
                       ctas_per_sm=device_ctas_per_sm(b.query.dtype, b.query.shape[2]),
-                      max_num_reqs=max_num_reqs, max_num_tokens=max_num_tokens, device="cuda")
+                      max_num_reqs=max_num_reqs, max_num_tokens=max_num_tokens, device="cuda",
+                      prefill_rows=device_prefill_tile_rows(b.query.dtype, b.query.shape[2]))
 
 
 def run_pod(b, planner=None):

@@ -44,6 +44,7 @@ from vllm_pod.ops import (
     SUPPORTED_DTYPES,
     SUPPORTED_HEAD_SIZES,
     device_ctas_per_sm,
+    device_prefill_tile_rows,
     pod_attention,
 )
 from vllm_pod.plan import PodPlan, PodPlanner
@@ -165,6 +166,7 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
             max_num_reqs=max(scheduler.max_num_seqs, max_graph),
             max_num_tokens=max(scheduler.max_num_batched_tokens, max_graph),
             device=device,
+            prefill_rows=device_prefill_tile_rows(kv_cache_spec.dtype, kv_cache_spec.head_size),
         )
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,

@@ -34,6 +34,13 @@ def pod_attention(out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tenso
 
 
 @functools.cache
+def device_prefill_tile_rows(dtype: torch.dtype, head_dim: int) -> int:
+    """Query rows of the built kernel's prefill tile (what PodPlanner must plan for)."""
+    _load_extension()
+    return int(torch.ops.vllm_pod.prefill_tile_rows(dtype, head_dim))
+
+
+@functools.cache
 def device_ctas_per_sm(dtype: torch.dtype, head_dim: int) -> int:
     """CTAs of the fused kernel that fit on one SM of the current GPU."""
     _load_extension()

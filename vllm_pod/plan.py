@@ -62,7 +62,9 @@ class PodPlanner:
 
     def __init__(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
                  num_sms: int, ctas_per_sm: int, max_num_reqs: int, max_num_tokens: int,
-                 device: torch.device | str):
+                 device: torch.device | str, prefill_rows: int | None = None):
+        """prefill_rows: rows of the built kernel's prefill tile (ops.device_prefill_tile_rows);
+        defaults to the shipped kernel's."""
         if num_kv_heads <= 0 or num_q_heads % num_kv_heads:
             raise ValueError(f"num_q_heads {num_q_heads} must be a multiple of num_kv_heads {num_kv_heads}")
         self.num_kv_heads = num_kv_heads
@@ -73,7 +75,7 @@ class PodPlanner:
         self.ctas_per_sm = ctas_per_sm
         self.device = torch.device(device)
 
-        self.prefill_rows = prefill_tile_rows(head_dim)
+        self.prefill_rows = prefill_rows or prefill_tile_rows(head_dim)
         slots = num_sms * ctas_per_sm
         # Unsplit items: every request's tiles; the worst case has the most partial tiles.
         base = sum(

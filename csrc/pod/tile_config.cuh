@@ -13,9 +13,18 @@ struct TileConfig {
   static constexpr int kThreads = kWarps * 32;
   // Prefill tile: each warp owns kPrefillMTiles m16 MMA tiles of query rows (two where registers
   // allow: each K/V fragment read from shared memory then feeds two MMAs), against kPrefillKeys keys.
+  // POD_PREFILL_MTILES / POD_PREFILL_KEYS override the shape for tuning builds (benchmarks/NOTES.md).
+#ifdef POD_PREFILL_MTILES
+  static constexpr int kPrefillMTiles = D <= 128 ? POD_PREFILL_MTILES : 1;
+#else
   static constexpr int kPrefillMTiles = D <= 128 ? 2 : 1;
+#endif
   static constexpr int kPrefillRows = kWarps * 16 * kPrefillMTiles;
+#ifdef POD_PREFILL_KEYS
+  static constexpr int kPrefillKeys = D <= 128 ? POD_PREFILL_KEYS : 32;
+#else
   static constexpr int kPrefillKeys = D <= 64 ? 64 : 32;
+#endif
   // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
   static constexpr int kDecodeRows = 16;
   static constexpr int kDecodeWarpKeys = 16;
