@@ -95,7 +95,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 2) pod_attention_kernel(const P
     }
     __syncthreads();
     if (s_index < 0) break;
-    const WorkItem& it = s_item;  // read from shared memory: keeps 16 registers free
+#ifdef POD_ITEM_IN_SMEM
+    const WorkItem& it = s_item;
+#else
+    const WorkItem it = s_item;
+#endif
     if (s_kind == kDecode)
       run_item<Cfg, kDecode>(p, it, smem, &s_flag);
     else
