@@ -4,8 +4,7 @@ A plan cuts a hybrid batch into work items, each a tile of query rows (tokens x 
 KV head's GQA group) against a range of that request's keys:
 
 * requests whose rows fit 16 (decodes, short extends) get *decode tiles* of 16 rows, whose warps
-  split the keys; the rest get *prefill tiles* of 128 rows (64 at head dim 256) whose warps split
-  the rows;
+  split the keys; the rest get *prefill tiles* of 64 rows whose warps split the rows;
 * when a kind has too few items to fill its share of the GPU, long key ranges are cut into
   KV-splits (bounded: at most about two items per CTA slot) merged in-kernel by the last split;
 * each queue is ordered longest first, and the plan says how many CTAs per SM prefer decode work.
@@ -31,8 +30,9 @@ DECODE_TILE_ROWS = 16
 
 
 def prefill_tile_rows(head_dim: int) -> int:
-    """Rows of a prefill tile: 4 warps x 2 m16 tiles, or x 1 where registers allow only one."""
-    return 128 if head_dim <= 128 else 64
+    """Rows of the shipped kernel's prefill tile (4 warps x one m16 tile); tuning builds may differ,
+    so the backend asks the built kernel (ops.device_prefill_tile_rows)."""
+    return 64
 SPLIT_ALIGN = 64  # KV-split boundaries are multiples of every kernel key tile
 MIN_SPLIT_KEYS = {"decode": 256, "prefill": 1024}
 

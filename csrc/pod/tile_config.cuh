@@ -11,19 +11,20 @@ struct TileConfig {
   static constexpr int D = D_;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  // Prefill tile: each warp owns kPrefillMTiles m16 MMA tiles of query rows (two where registers
-  // allow: each K/V fragment read from shared memory then feeds two MMAs), against kPrefillKeys keys.
-  // POD_PREFILL_MTILES / POD_PREFILL_KEYS override the shape for tuning builds (benchmarks/NOTES.md).
+  // Prefill tile: each warp owns kPrefillMTiles m16 MMA tiles of query rows against kPrefillKeys
+  // keys per K/V tile. One m-tile and 64 keys measured best over the benchmark grid on an H100
+  // (benchmarks/NOTES.md); two m-tiles (each K/V fragment feeding two MMAs) win on long prefills but
+  // spill and balance worse. POD_PREFILL_MTILES / POD_PREFILL_KEYS override them in tuning builds.
 #ifdef POD_PREFILL_MTILES
   static constexpr int kPrefillMTiles = D <= 128 ? POD_PREFILL_MTILES : 1;
 #else
-  static constexpr int kPrefillMTiles = D <= 128 ? 2 : 1;
+  static constexpr int kPrefillMTiles = 1;
 #endif
   static constexpr int kPrefillRows = kWarps * 16 * kPrefillMTiles;
 #ifdef POD_PREFILL_KEYS
   static constexpr int kPrefillKeys = D <= 128 ? POD_PREFILL_KEYS : 32;
 #else
-  static constexpr int kPrefillKeys = D <= 64 ? 64 : 32;
+  static constexpr int kPrefillKeys = D <= 128 ? 64 : 32;  // 32 at D=256 keeps two CTAs per SM
 #endif
   // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
   static constexpr int kDecodeRows = 16;
