@@ -24,6 +24,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Lays out, writes and closes a figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
 
@@ -63,12 +72,8 @@ def latency_vs_load(comparisons: list[Comparison], out_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle(f"Latency vs load — {model}, chunk {chunk}, {workload}")
-        fig.tight_layout()
-        path = Path(out_dir) / f"latency-vs-load_{_slug(f'{model}-chunk{chunk}-{workload}')}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(
+            fig, Path(out_dir) / f"latency-vs-load_{_slug(f'{model}-chunk{chunk}-{workload}')}.png"))
     return written
 
 
@@ -106,12 +111,7 @@ def ratio_bars(comparisons: list[Comparison], out_dir: Path) -> list[Path]:
             f"Ratio to {BASELINE_BACKEND} — {model}, chunk {chunk}\n"
             "(latencies: lower is better; throughput: higher is better)"
         )
-        fig.tight_layout()
-        path = Path(out_dir) / f"ratios_{_slug(f'{model}-chunk{chunk}')}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, Path(out_dir) / f"ratios_{_slug(f'{model}-chunk{chunk}')}.png"))
     return written
 
 
@@ -131,8 +131,4 @@ def memory_timeline(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
