@@ -6,21 +6,34 @@ not a GPU. One .cu per (dtype, head dim) instantiation so the build runs in para
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # vllm_pod.build_paths, pre-install
 
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
 
 from torch.utils.cpp_extension import BuildExtension, CUDAExtension  # noqa: E402
 
+from vllm_pod.build_paths import cute_include_dir  # noqa: E402
+
+# POD_NVCC_FLAGS: extra flags for tuning builds, e.g. "-DPOD_PREFILL_MTILES=2", or
+# "-DPOD_WGMMA_PREFILL" for the Hopper (wgmma) prefill tile, which needs CuTe's headers.
+extra_flags = os.environ.get("POD_NVCC_FLAGS", "").split()
+include_dirs = [os.path.abspath("csrc")]
+if "-DPOD_WGMMA_PREFILL" in extra_flags:
+    if cute_include_dir() is None:
+        raise RuntimeError("-DPOD_WGMMA_PREFILL needs CuTe headers (FlashInfer's data/cutlass/include)")
+    include_dirs.append(cute_include_dir())
+
 ext = CUDAExtension(
     name="vllm_pod._C",
     sources=["csrc/pod_attention.cpp", *sorted(glob.glob("csrc/instantiations/*.cu"))],
-    include_dirs=[os.path.abspath("csrc")],
+    include_dirs=include_dirs,
     extra_compile_args={
-        "cxx": [*os.environ.get("POD_NVCC_FLAGS", "").split(), "-O3", "-std=c++17"],
-        # POD_NVCC_FLAGS: extra flags for tuning builds, e.g. "-DPOD_PREFILL_MTILES=1".
-        "nvcc": [*os.environ.get("POD_NVCC_FLAGS", "").split(), "-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+        "cxx": [*extra_flags, "-O3", "-std=c++17"],
+        "nvcc": [*extra_flags, "-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
                  "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                  "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"],
     },

@@ -47,44 +47,14 @@ struct WarpState {
   }
 };
 
-// One warp, one K/V tile: rows [q_row0, q_row0 + 16*M) of sQ against keys [kw0, kw0+NK) of sK/sV.
-// key0 is the sequence position of key kw0. With kMask, a key counts only if it is < kv_end and
-// <= the row's position (row_pos, per m-tile and per thread's two rows).
+// Masks (kMask) and folds one tile's raw scores s into the running softmax state; on return s holds
+// the tile's probabilities, unnormalised (exp2 of scaled scores minus the running max).
 template <class Cfg, int M, int NK, bool kMask>
-__device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typename Cfg::T* sQ,
-                                            const typename Cfg::T* sK,
-                                            const typename Cfg::T* sV, int q_row0, int kw0,
-                                            int key0, int kv_end, const int (&row_pos)[M][2],
-                                            float scale_log2) {
-  using T = typename Cfg::T;
+__device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, float (&s)[M][NK / 8][4],
+                                                      int key0, int kv_end,
+                                                      const int (&row_pos)[M][2], float scale_log2) {
   constexpr int D = Cfg::D;
   const int lane = threadIdx.x & 31;
-
-  float s[M][NK / 8][4];
-#pragma unroll
-  for (int mt = 0; mt < M; ++mt)
-#pragma unroll
-    for (int j = 0; j < NK / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
-
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t a[M][4];
-#pragma unroll
-    for (int mt = 0; mt < M; ++mt)
-      ldmatrix_x4(a[mt], sQ + Cfg::swz(q_row0 + 16 * mt + (lane & 15), kk * 16 + (lane >> 4) * 8));
-#pragma unroll
-    for (int nb = 0; nb < NK / 16; ++nb) {
-      uint32_t b[4];
-      ldmatrix_x4(b, sK + Cfg::swz(kw0 + nb * 16 + (lane >> 4) * 8 + (lane & 7),
-                                   kk * 16 + ((lane >> 3) & 1) * 8));
-#pragma unroll
-      for (int mt = 0; mt < M; ++mt) {
-        MmaOp<T>::run(s[mt][2 * nb], a[mt], b[0], b[1]);
-        MmaOp<T>::run(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
-      }
-    }
-  }
-
   if constexpr (kMask) {
 #pragma unroll
     for (int mt = 0; mt < M; ++mt)
@@ -125,18 +95,64 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
         st.o[mt][j][2 * r + 1] *= alpha;
       }
     }
+}
 
-  // O += P V: the S accumulators of two 8-key tiles form one A fragment of 16 keys.
+// The A fragment (16 rows x 16 keys) of P for keys [16*kk, 16*kk+16): the accumulators of two
+// 8-key column tiles, packed to T (the m16n8 C layout is the m16n8k16 A layout).
+template <typename T, int NK>
+__device__ __forceinline__ void p_fragment(const float (&s)[NK / 8][4], int kk, uint32_t (&a)[4]) {
+  a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+  a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+  a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// One warp, one K/V tile: rows [q_row0, q_row0 + 16*M) of sQ against keys [kw0, kw0+NK) of sK/sV.
+// key0 is the sequence position of key kw0. With kMask, a key counts only if it is < kv_end and
+// <= the row's position (row_pos, per m-tile and per thread's two rows).
+template <class Cfg, int M, int NK, bool kMask>
+__device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typename Cfg::T* sQ,
+                                            const typename Cfg::T* sK,
+                                            const typename Cfg::T* sV, int q_row0, int kw0,
+                                            int key0, int kv_end, const int (&row_pos)[M][2],
+                                            float scale_log2) {
+  using T = typename Cfg::T;
+  constexpr int D = Cfg::D;
+  const int lane = threadIdx.x & 31;
+
+  float s[M][NK / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[M][4];
+#pragma unroll
+    for (int mt = 0; mt < M; ++mt)
+      ldmatrix_x4(a[mt], sQ + Cfg::swz(q_row0 + 16 * mt + (lane & 15), kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+    for (int nb = 0; nb < NK / 16; ++nb) {
+      uint32_t b[4];
+      ldmatrix_x4(b, sK + Cfg::swz(kw0 + nb * 16 + (lane >> 4) * 8 + (lane & 7),
+                                   kk * 16 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+      for (int mt = 0; mt < M; ++mt) {
+        MmaOp<T>::run(s[mt][2 * nb], a[mt], b[0], b[1]);
+        MmaOp<T>::run(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+
+  masked_online_softmax<Cfg, M, NK, kMask>(st, s, key0, kv_end, row_pos, scale_log2);
+
+  // O += P V.
 #pragma unroll
   for (int kk = 0; kk < NK / 16; ++kk) {
     uint32_t a[M][4];
 #pragma unroll
-    for (int mt = 0; mt < M; ++mt) {
-      a[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-      a[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-      a[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-      a[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-    }
+    for (int mt = 0; mt < M; ++mt) p_fragment<T, NK>(s[mt], kk, a[mt]);
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t b[4];

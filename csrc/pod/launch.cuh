@@ -11,7 +11,7 @@ template <typename T, int D>
 static cudaError_t raise_smem_limit() {
   using Cfg = TileConfig<T, D>;
   return cudaFuncSetAttribute(pod_attention_kernel<Cfg>,
-                              cudaFuncAttributeMaxDynamicSharedMemorySize, int(Cfg::kSmemBytes));
+                              cudaFuncAttributeMaxDynamicSharedMemorySize, int(Cfg::kSmemAlloc));
 }
 
 template <typename T, int D>
@@ -19,7 +19,7 @@ cudaError_t launch(const PodParams& p, int num_ctas, cudaStream_t stream) {
   using Cfg = TileConfig<T, D>;
   static const cudaError_t prepared = raise_smem_limit<T, D>();
   if (prepared != cudaSuccess) return prepared;
-  pod_attention_kernel<Cfg><<<num_ctas, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  pod_attention_kernel<Cfg><<<num_ctas, Cfg::kThreads, Cfg::kSmemAlloc, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -29,7 +29,7 @@ cudaError_t ctas_per_sm(int* n) {
   const cudaError_t e = raise_smem_limit<T, D>();
   if (e != cudaSuccess) return e;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, pod_attention_kernel<Cfg>, Cfg::kThreads,
-                                                       Cfg::kSmemBytes);
+                                                       Cfg::kSmemAlloc);
 }
 
 }  // namespace pod

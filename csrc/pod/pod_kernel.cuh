@@ -2,9 +2,15 @@
 // scheduler hands them out. Both item kinds stream K/V tiles through the same two-stage cp.async
 // pipeline and differ only in how the four warps share a tile (rows vs keys) and in the epilogue.
 #pragma once
+#include "attention_tile_sm90.cuh"
 #include "merge.cuh"
 #include "scheduler.cuh"
 #include "tile_loader.cuh"
+
+// The Hopper prefill step is compiled into the sm_90a code of builds with -DPOD_WGMMA_PREFILL.
+#if defined(POD_WGMMA_PREFILL) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define POD_HOPPER_PREFILL 1
+#endif
 
 namespace pod {
 
@@ -16,6 +22,15 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   constexpr int kRows = kIsDecode ? Cfg::kDecodeRows : Cfg::kPrefillRows;
   constexpr int kM = kIsDecode ? 1 : Cfg::kPrefillMTiles;  // m16 tiles per warp
   constexpr int kKeys = kIsDecode ? Cfg::kDecodeKeys : Cfg::kPrefillKeys;
+#ifdef POD_HOPPER_PREFILL
+  constexpr bool kWgmma = !kIsDecode;
+  using QLayout = std::conditional_t<kWgmma, sm90::Sw128Layout<kRows>, SwzLayout<Cfg>>;
+  using KVLayout = std::conditional_t<kWgmma, sm90::Sw128Layout<kKeys>, SwzLayout<Cfg>>;
+#else
+  constexpr bool kWgmma = false;
+  using QLayout = SwzLayout<Cfg>;
+  using KVLayout = SwzLayout<Cfg>;
+#endif
   T* sQ = reinterpret_cast<T*>(smem);
   T* sKV = sQ + Cfg::kQElems;  // [stage][K|V][keys][D]
   auto sK = [&](int stage) { return sKV + (2 * stage) * Cfg::kKVElems; };
@@ -36,18 +51,19 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   WarpState<Cfg, kM> st;
   st.init();
   const int num_tiles = (it.kv_end - it.kv_start + kKeys - 1) / kKeys;
-  load_query_rows<Cfg>(sQ, p, it, kRows);
-  load_kv_tile<Cfg, kKeys>(sK(0), sV(0), p, it, it.kv_start);
+  load_query_rows<Cfg, QLayout>(sQ, p, it, kRows);
+  load_kv_tile<Cfg, kKeys, KVLayout>(sK(0), sV(0), p, it, it.kv_start);
   cp_async_commit();
   for (int t = 0; t < num_tiles; ++t) {
     const int tile_start = it.kv_start + t * kKeys;
     if (t + 1 < num_tiles) {
-      load_kv_tile<Cfg, kKeys>(sK((t + 1) & 1), sV((t + 1) & 1), p, it, tile_start + kKeys);
+      load_kv_tile<Cfg, kKeys, KVLayout>(sK((t + 1) & 1), sV((t + 1) & 1), p, it, tile_start + kKeys);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
+    if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();
     const int stage = t & 1;
     const bool masked = tile_start > mask_from;
@@ -61,6 +77,15 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
           warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, false>(st, sQ, sK(stage), sV(stage), 0, kw0,
                                                            tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
       }
+    } else if constexpr (kWgmma) {
+#ifdef POD_HOPPER_PREFILL
+      if (masked)
+        sm90::warpgroup_attend<Cfg, kKeys, true>(st, sQ, sK(stage), sV(stage), tile_start,
+                                                 it.kv_end, row_pos, p.scale_log2);
+      else
+        sm90::warpgroup_attend<Cfg, kKeys, false>(st, sQ, sK(stage), sV(stage), tile_start,
+                                                  it.kv_end, row_pos, p.scale_log2);
+#endif
     } else if (row0 < used) {  // warps whose rows are all padding skip the math
       if (masked)
         warp_attend<Cfg, kM, kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
@@ -82,7 +107,8 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 2) pod_attention_kernel(const PodParams p) {
-  extern __shared__ __align__(128) char smem[];
+  extern __shared__ __align__(128) char smem_raw[];
+  char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   __shared__ WorkItem s_item;
   __shared__ int s_kind, s_index, s_flag;
   Scheduler sched{p.plan, p.counters, p.ctas_per_sm};

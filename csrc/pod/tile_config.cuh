@@ -37,6 +37,8 @@ struct TileConfig {
   static constexpr int kQElems = kPrefillRows * D;
   static constexpr int kKVElems = (kPrefillKeys > kDecodeKeys ? kPrefillKeys : kDecodeKeys) * D;
   static constexpr size_t kSmemBytes = sizeof(T) * (kQElems + 2 * kStages * kKVElems);
+  // Launched with 1 KiB more, so the tiles can start on a 1 KiB boundary (GMMA swizzle atoms).
+  static constexpr size_t kSmemAlloc = kSmemBytes + 1024;
   // Decode's cross-warp merge reuses the whole region once the key loop is done.
   static constexpr size_t kMergeBytes = sizeof(float) * kWarps * kDecodeRows * (D + 1);
   static_assert(kMergeBytes <= kSmemBytes, "decode merge scratch must fit the tile region");

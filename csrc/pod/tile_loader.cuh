@@ -6,8 +6,15 @@
 
 namespace pod {
 
-// Query rows r = token * nh + head of the item; rows past the item are zero-filled (never written out).
+// Where (row, col) of a [rows x D] tile lives in shared memory, for the mma.sync (ldmatrix) path;
+// the Hopper path has its own (sm90::Sw128Layout). col is a multiple of 8.
 template <class Cfg>
+struct SwzLayout {
+  __device__ __forceinline__ static int at(int row, int col) { return Cfg::swz(row, col); }
+};
+
+// Query rows r = token * nh + head of the item; rows past the item are zero-filled (never written out).
+template <class Cfg, class Layout>
 __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodParams& p,
                                                 const WorkItem& it, int rows) {
   using T = typename Cfg::T;
@@ -19,13 +26,13 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
     const int t = valid ? r / it.nh : 0;
     const int h = it.kv_head * p.group + it.h0 + (valid ? r - t * it.nh : 0);
     const T* src = q + (it.q_start + t) * p.q_stride_tok + h * p.q_stride_head + c * 8;
-    cp_async_16(sQ + Cfg::swz(r, c * 8), src, valid);
+    cp_async_16(sQ + Layout::at(r, c * 8), src, valid);
   }
 }
 
 // Keys [tile_start, tile_start + kKeys) of K and V; keys at or past kv_end are zero-filled so that
 // masked probabilities (exactly 0) never meet uninitialised values.
-template <class Cfg, int kKeys>
+template <class Cfg, int kKeys, class Layout>
 __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
                                              const PodParams& p, const WorkItem& it,
                                              int tile_start) {
@@ -44,8 +51,8 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
     const int64_t off = valid ? (pos & mask) : 0;
     const T* ks = k + page * p.k_stride_blk + off * p.k_stride_tok + it.kv_head * p.k_stride_head + c * 8;
     const T* vs = v + page * p.v_stride_blk + off * p.v_stride_tok + it.kv_head * p.v_stride_head + c * 8;
-    cp_async_16(sK + Cfg::swz(key, c * 8), ks, valid);
-    cp_async_16(sV + Cfg::swz(key, c * 8), vs, valid);
+    cp_async_16(sK + Layout::at(key, c * 8), ks, valid);
+    cp_async_16(sV + Layout::at(key, c * 8), vs, valid);
   }
 }
 

@@ -1,0 +1,129 @@
+// Hopper prefill step (sm_90a, built with -DPOD_WGMMA_PREFILL): the CTA's four warps act as one
+// warpgroup and compute S = Q K^T and O += P V with wgmma (64 query rows x one K/V tile), with Q, K
+// and V read by the tensor cores straight from shared memory. The softmax is the mma.sync path's
+// (attention_tile.cuh): wgmma's m64 accumulators give each warp the same 16 rows in the same
+// register layout. The scheduler, the plan, the decode tiles and the merges are unchanged.
+//
+// Shared-memory tiles of this path use the canonical 128-byte-swizzled GMMA layout: per 64-column
+// block, rows of 128 bytes whose 16-byte chunks are XOR-ed with (row % 8), 8-row atoms of 1 KiB.
+// tests/test_sm90_layout.py checks these offsets and descriptor strides against CuTe's
+// tile_to_shape(Layout_{K,MN}_SW128_Atom) and make_gmma_desc.
+#pragma once
+#include <cstdint>
+#include <utility>
+
+#include "attention_tile.cuh"
+
+#if defined(POD_WGMMA_PREFILL)
+#include <cute/arch/mma_sm90.hpp>
+
+namespace pod::sm90 {
+
+// Element offset of (row, col) in a [kRows x D] tile stored in the SW128 layout.
+template <int kRows>
+__host__ __device__ constexpr int sw128(int row, int col) {
+  return (col / 64) * kRows * 64 + row * 64 + ((((col % 64) >> 3) ^ (row & 7)) << 3) + (col & 7);
+}
+
+template <int kRows>
+struct Sw128Layout {
+  __device__ __forceinline__ static int at(int row, int col) { return sw128<kRows>(row, col); }
+};
+
+// A wgmma shared-memory descriptor for an SW128 operand starting at `smem` (bytes: lbo = leading,
+// sbo = stride byte offset, as make_gmma_desc computes them for these layouts).
+__device__ __forceinline__ uint64_t gmma_desc(const void* smem, uint32_t lbo, uint32_t sbo) {
+  const uint64_t addr = smem_addr(smem);
+  return ((addr >> 4) & 0x3FFF) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
+         (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);  // layout type 1: SW128
+}
+constexpr uint32_t kAtomBytes = 1024;  // 8 rows x 128 bytes: the stride between 8-row groups
+
+// K-major operand (Q as A, K as B): the 16-column k-step kk of a [kRows x D] tile.
+template <typename T, int kRows>
+__device__ __forceinline__ uint64_t kmajor_desc(const T* tile, int kk) {
+  return gmma_desc(tile + sw128<kRows>(0, 16 * kk), 16, kAtomBytes);
+}
+// MN-major operand (V as B, N = D): keys [16*kk, 16*kk+16) of a [kKeys x D] tile stored by key;
+// consecutive 64-column blocks of D lie kKeys * 128 bytes apart (no second block: 0).
+template <int kKeys, int D>
+constexpr uint32_t kMnMajorLbo = D > 64 ? kKeys * 128 : 0;
+template <typename T, int kKeys, int D>
+__device__ __forceinline__ uint64_t mnmajor_desc(const T* tile, int kk) {
+  return gmma_desc(tile + sw128<kKeys>(16 * kk, 0), kMnMajorLbo<kKeys, D>, kAtomBytes);
+}
+
+template <typename T> struct CuteType;
+template <> struct CuteType<__nv_bfloat16> { using type = cute::bfloat16_t; };
+template <> struct CuteType<__half> { using type = cute::half_t; };
+
+template <typename T, int N>
+using SsOp = decltype(cute::SM90::GMMA::ss_op_selector<
+                      typename CuteType<T>::type, typename CuteType<T>::type, float,
+                      cute::Shape<cute::_64, cute::Int<N>, cute::_16>,
+                      cute::SM90::GMMA::Major::K, cute::SM90::GMMA::Major::K>());
+template <typename T, int N>
+using RsOp = decltype(cute::SM90::GMMA::rs_op_selector<
+                      typename CuteType<T>::type, typename CuteType<T>::type, float,
+                      cute::Shape<cute::_64, cute::Int<N>, cute::_16>,
+                      cute::SM90::GMMA::Major::K, cute::SM90::GMMA::Major::MN>());
+
+template <class Op, size_t... I>
+__device__ __forceinline__ void mma_ss(uint64_t a, uint64_t b, float* d, cute::SM90::GMMA::ScaleOut scale,
+                                       std::index_sequence<I...>) {
+  Op::fma(a, b, d[I]..., scale);
+}
+template <class Op, size_t... I>
+__device__ __forceinline__ void mma_rs(const uint32_t (&a)[4], uint64_t b, float* d,
+                                       std::index_sequence<I...>) {
+  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., cute::SM90::GMMA::ScaleOut::One);
+}
+
+template <int N>
+__device__ __forceinline__ void fence_accumulators(float* d) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(d[i]);
+}
+
+// The whole CTA (one warpgroup), one K/V tile: the 64 query rows of sQ against the NK keys of
+// sK/sV (all three SW128 tiles). Same contract as warp_attend with M = 1 and q_row0 = 16 * warp.
+template <class Cfg, int NK, bool kMask>
+__device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, 1>& st, const typename Cfg::T* sQ,
+                                                 const typename Cfg::T* sK,
+                                                 const typename Cfg::T* sV, int key0, int kv_end,
+                                                 const int (&row_pos)[1][2], float scale_log2) {
+  using T = typename Cfg::T;
+  constexpr int D = Cfg::D;
+  static_assert(Cfg::kPrefillRows == 64, "one warpgroup computes 64 rows");
+  float s[1][NK / 8][4];
+  float* sf = &s[0][0][0];
+  float* of = &st.o[0][0][0];
+
+  fence_accumulators<NK / 2>(sf);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    mma_ss<SsOp<T, NK>>(kmajor_desc<T, 64>(sQ, kk), kmajor_desc<T, NK>(sK, kk), sf,
+                        kk == 0 ? cute::SM90::GMMA::ScaleOut::Zero : cute::SM90::GMMA::ScaleOut::One,
+                        std::make_index_sequence<NK / 2>{});
+  cute::warpgroup_commit_batch();
+  cute::warpgroup_wait<0>();
+  fence_accumulators<NK / 2>(sf);
+
+  masked_online_softmax<Cfg, 1, NK, kMask>(st, s, key0, kv_end, row_pos, scale_log2);
+
+  uint32_t a[NK / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s[0], kk, a[kk]);
+  fence_accumulators<D / 2>(of);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk)
+    mma_rs<RsOp<T, D>>(a[kk], mnmajor_desc<T, NK, D>(sV, kk), of, std::make_index_sequence<D / 2>{});
+  cute::warpgroup_commit_batch();
+  cute::warpgroup_wait<0>();
+  fence_accumulators<D / 2>(of);
+}
+
+}  // namespace pod::sm90
+#endif  // POD_WGMMA_PREFILL

@@ -1,0 +1,71 @@
+// Host-side check of the Hopper prefill tile's shared-memory layout and wgmma descriptors against
+// CuTe (csrc/pod/attention_tile_sm90.cuh). Built and run by tests/test_sm90_layout.py; no GPU needed.
+#include <cstdio>
+
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cute/tensor.hpp>
+
+#include "pod/attention_tile_sm90.cuh"
+
+using namespace cute;
+using namespace cute::SM90::GMMA;
+using T = cute::bfloat16_t;
+
+static int failures = 0;
+#define EXPECT(cond, ...)          \
+  if (!(cond)) {                   \
+    ++failures;                    \
+    std::printf(__VA_ARGS__);      \
+  }
+
+alignas(1024) static T buf[256 * 256];
+
+// K-major tile [kRows x kD] (Q as A, K as B): offsets, and per 16-column step the descriptor strides
+// and the start offset our kmajor_desc uses.
+template <int kRows, int kD>
+void check_kmajor() {
+  Tensor t = make_tensor(make_smem_ptr(buf), tile_to_shape(Layout_K_SW128_Atom<T>{}, Shape<Int<kRows>, Int<kD>>{}));
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kD; ++c)
+      EXPECT(&t(r, c) - buf == pod::sm90::sw128<kRows>(r, c), "kmajor %dx%d (%d,%d)\n", kRows, kD, r, c);
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    auto slice = local_tile(t, Shape<Int<kRows>, _16>{}, make_coord(0, kk));
+    GmmaDescriptor d = make_gmma_desc<Major::K>(slice);
+    EXPECT(d.bitfield.layout_type_ == 1 && d.bitfield.leading_byte_offset_ == 16 / 16 &&
+               d.bitfield.stride_byte_offset_ == pod::sm90::kAtomBytes / 16 && d.bitfield.base_offset_ == 0,
+           "kmajor %dx%d kk=%d descriptor strides\n", kRows, kD, kk);
+    EXPECT(&slice(0, 0) - buf == pod::sm90::sw128<kRows>(0, 16 * kk), "kmajor start kk=%d\n", kk);
+  }
+}
+
+// V tile [kKeys x kD] stored by key, read as the MN-major B operand (N = kD, K = keys).
+template <int kKeys, int kD>
+void check_mnmajor() {
+  Tensor t = make_tensor(make_smem_ptr(buf),
+                         tile_to_shape(Layout_MN_SW128_Atom<T>{}, Shape<Int<kD>, Int<kKeys>>{}, Step<_2, _1>{}));
+  for (int key = 0; key < kKeys; ++key)
+    for (int c = 0; c < kD; ++c)
+      EXPECT(&t(c, key) - buf == pod::sm90::sw128<kKeys>(key, c), "mnmajor %dx%d (%d,%d)\n", kKeys, kD, key, c);
+  constexpr uint32_t lbo = pod::sm90::kMnMajorLbo<kKeys, kD>;
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    auto slice = local_tile(t, Shape<Int<kD>, _16>{}, make_coord(0, kk));
+    GmmaDescriptor d = make_gmma_desc<Major::MN>(slice);
+    EXPECT(d.bitfield.layout_type_ == 1 && d.bitfield.leading_byte_offset_ == lbo / 16 &&
+               d.bitfield.stride_byte_offset_ == pod::sm90::kAtomBytes / 16 && d.bitfield.base_offset_ == 0,
+           "mnmajor %dx%d kk=%d descriptor strides (lbo %d sbo %d)\n", kKeys, kD, kk,
+           int(d.bitfield.leading_byte_offset_), int(d.bitfield.stride_byte_offset_));
+    EXPECT(&slice(0, 0) - buf == pod::sm90::sw128<kKeys>(16 * kk, 0), "mnmajor start kk=%d\n", kk);
+  }
+}
+
+int main() {
+  check_kmajor<64, 64>();   // Q, D=64
+  check_kmajor<64, 128>();  // Q, D=128
+  check_kmajor<64, 256>();  // Q, D=256
+  check_kmajor<32, 256>();  // K, D=256 (32-key tiles)
+  check_mnmajor<64, 64>();
+  check_mnmajor<64, 128>();
+  check_mnmajor<32, 256>();
+  std::printf("%d failures\n", failures);
+  return failures != 0;
+}

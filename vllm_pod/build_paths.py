@@ -1,0 +1,16 @@
+"""Where the optional CuTe headers are (FlashInfer, a vLLM dependency, ships CUTLASS/CuTe), found
+without importing the package. Used by setup.py and the layout test."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+
+def cute_include_dir() -> str | None:
+    spec = importlib.util.find_spec("flashinfer")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        inc = Path(root) / "data" / "cutlass" / "include"
+        if (inc / "cute" / "tensor.hpp").exists():
+            return str(inc)
+    return None
