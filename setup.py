@@ -32,8 +32,8 @@ ext = CUDAExtension(
     sources=["csrc/pod_attention.cpp", *sorted(glob.glob("csrc/instantiations/*.cu"))],
     include_dirs=include_dirs,
     extra_compile_args={
-        "cxx": [*extra_flags, "-O3", "-std=c++17"],
-        "nvcc": [*extra_flags, "-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+        "cxx": [*extra_flags, "-O3"],  # torch picks the C++ standard it needs (20 from 2.14)
+        "nvcc": [*extra_flags, "-O3", "--use_fast_math", "-lineinfo",
                  "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                  "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"],
     },
