@@ -29,3 +29,18 @@ def test_sw128_layout_and_descriptors_match_cute(tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout[-2000:]
     assert "0 failures" in run.stdout
+
+
+@pytest.mark.skipif(nvcc() is None or cute_include_dir() is None, reason="needs nvcc and CuTe headers")
+def test_wgmma_variant_compiles_to_wgmma(tmp_path):
+    # The experimental -DPOD_WGMMA_PREFILL build must keep compiling, and its prefill step must be
+    # wgmma (S = Q K^T as m64n64k16, O += P V as m64n128k16 at head dim 128), not mma.sync.
+    ptx = tmp_path / "pod.ptx"
+    subprocess.run([nvcc(), "-DPOD_WGMMA_PREFILL", f"-I{cute_include_dir()}", f"-I{ROOT / 'csrc'}",
+                    "-arch=compute_90a", "-ptx", "-O3",
+                    str(ROOT / "csrc" / "instantiations" / "pod_bf16_hd128.cu"), "-o", str(ptx)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    text = ptx.read_text()
+    assert "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16" in text
+    assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16" in text
+    assert "fence.proxy.async.shared::cta" in text
