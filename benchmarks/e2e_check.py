@@ -3,6 +3,10 @@ each backend, send the same greedy requests with hybrid steps (long prompts pref
 while short ones decode), and compare POD's completions and logprobs with FLASH_ATTN's.
 
     python -m benchmarks.e2e_check --out /tmp/e2e [--enforce-eager] [--tensor-parallel-size 2]
+                                   [--random-weights --layers 4]
+
+With --random-weights the model gets normally initialised weights (benchmarks/serving/weights.py)
+instead of vLLM's near-zero dummy ones, so that logits, and the comparison, depend on attention.
 
 Exits non-zero when a request fails, when POD's server log shows no fused hybrid batch, or when
 prompt logprobs differ beyond bf16 tolerance. Token mismatches after a near-tie are reported.
@@ -23,6 +27,7 @@ from pathlib import Path
 from benchmarks.serving.commands import DEFAULT_VLLM_CLI, ServerSpec, serve_command, serve_env
 from benchmarks.serving.model_dir import make_model_dir
 from benchmarks.serving.server import ServerProcess
+from benchmarks.serving.weights import write_random_weights
 
 WORDS = ("attention prefill decode kernel tensor memory bandwidth warp block cache token chunk "
          "scheduler graph stream head query key value softmax merge split tile").split()
@@ -56,6 +61,8 @@ def serve_and_ask(backend: str, args, model_dir: Path, batch: list[str]) -> tupl
     extra = ["--seed", "0", "--tensor-parallel-size", str(args.tensor_parallel_size)]
     if args.enforce_eager:
         extra.append("--enforce-eager")
+    if args.random_weights:
+        extra += ["--load-format", "safetensors"]  # the later flag wins over the harness's dummy
     spec = ServerSpec(backend=backend, model="llama-3-8b", model_dir=model_dir,
                       chunk_size=args.chunk_size, max_model_len=4096, max_num_seqs=64,
                       extra_args=tuple(extra))
@@ -97,9 +104,16 @@ def main() -> int:
     ap.add_argument("--short", type=int, default=12)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--ready-timeout", type=float, default=480)
+    ap.add_argument("--random-weights", action="store_true",
+                    help="normally initialised weights instead of vLLM's near-zero dummy ones")
+    ap.add_argument("--layers", type=int, help="cut the model to this many layers")
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     model_dir = make_model_dir("llama-3-8b", Path(args.out) / "models")
+    if args.random_weights:
+        write_random_weights(model_dir, num_layers=args.layers)
+    elif args.layers is not None:
+        ap.error("--layers needs --random-weights")
     batch = prompts(args.long, args.short)
     results, fused = {}, {}
     for backend in ("POD", "FLASH_ATTN"):

@@ -1,0 +1,42 @@
+"""The end-to-end check's own logic on the CPU: random weights that vLLM can load, and the
+comparison of two backends' answers."""
+
+import json
+
+import torch
+
+from benchmarks.e2e_check import compare
+from benchmarks.serving.weights import write_random_weights
+
+
+def answer(tokens, logprobs, prompt):
+    return dict(text="".join(tokens), tokens=tokens, token_logprobs=logprobs, prompt_logprobs=prompt)
+
+
+def test_compare_counts_identical_answers_and_diffs_up_to_divergence():
+    ref = [answer(["a", "b", "c"], [-1.0, -2.0, -3.0], [{}, {"5": -1.0, "7": -0.5}]),
+           answer(["x", "y"], [-0.1, -0.2], [{}, {"1": -2.0}])]
+    pod = [answer(["a", "b", "c"], [-1.0, -2.01, -3.0], [{}, {"5": -1.02, "7": -0.5}]),
+           answer(["x", "z"], [-0.1, -0.25], [{}, {"1": -2.0, "9": -9.0}])]
+    s = compare(pod, ref)
+    assert s["requests"] == 2 and s["identical_completions"] == 1
+    assert s["first_divergence"] == [3, 1]
+    assert abs(s["max_token_logprob_diff"] - 0.05) < 1e-9   # at the divergence itself, not after
+    assert abs(s["max_prompt_logprob_diff"] - 0.02) < 1e-9  # only token ids both report
+
+
+def test_random_weights_are_normal_and_named_as_transformers_saves_them(tmp_path):
+    from safetensors.torch import load_file
+    config = json.loads(open("configs/models/llama-3-8b.json").read())
+    config.update(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=512)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    write_random_weights(tmp_path, num_layers=2)
+    assert json.loads((tmp_path / "config.json").read_text())["num_hidden_layers"] == 2
+    weights = {}
+    for f in tmp_path.glob("*.safetensors"):
+        weights.update(load_file(f))
+    assert "model.layers.1.self_attn.k_proj.weight" in weights and "lm_head.weight" in weights
+    q = weights["model.layers.0.self_attn.q_proj.weight"]
+    assert q.dtype == torch.bfloat16 and q.shape == (64, 64)
+    assert 0.015 < float(q.float().std()) < 0.025  # initializer_range 0.02, not vLLM's 1e-3 dummy
