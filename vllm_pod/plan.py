@@ -27,12 +27,9 @@ ITEM_FIELDS = ("req", "kv_head", "h0", "nh", "q_start", "n_tok", "q_pos0", "kv_s
 COUNTER_MERGE_BASE = 4 + 1024  # kCtrSmSlots + kMaxSmIds
 
 DECODE_TILE_ROWS = 16
-
-
-def prefill_tile_rows(head_dim: int) -> int:
-    """Rows of the shipped kernel's prefill tile (4 warps x one m16 tile); tuning builds may differ,
-    so the backend asks the built kernel (ops.device_prefill_tile_rows)."""
-    return 64
+# Rows of the shipped kernel's prefill tile (4 warps x one m16 tile). Tuning builds may differ, so
+# the backend passes the built kernel's value (ops.device_prefill_tile_rows).
+DEFAULT_PREFILL_TILE_ROWS = 64
 SPLIT_ALIGN = 64  # KV-split boundaries are multiples of every kernel key tile
 MIN_SPLIT_KEYS = {"decode": 256, "prefill": 1024}
 
@@ -63,8 +60,7 @@ class PodPlanner:
     def __init__(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
                  num_sms: int, ctas_per_sm: int, max_num_reqs: int, max_num_tokens: int,
                  device: torch.device | str, prefill_rows: int | None = None):
-        """prefill_rows: rows of the built kernel's prefill tile (ops.device_prefill_tile_rows);
-        defaults to the shipped kernel's."""
+        """prefill_rows: rows of the built kernel's prefill tile (ops.device_prefill_tile_rows)."""
         if num_kv_heads <= 0 or num_q_heads % num_kv_heads:
             raise ValueError(f"num_q_heads {num_q_heads} must be a multiple of num_kv_heads {num_kv_heads}")
         self.num_kv_heads = num_kv_heads
@@ -75,7 +71,7 @@ class PodPlanner:
         self.ctas_per_sm = ctas_per_sm
         self.device = torch.device(device)
 
-        self.prefill_rows = prefill_rows or prefill_tile_rows(head_dim)
+        self.prefill_rows = prefill_rows or DEFAULT_PREFILL_TILE_ROWS
         slots = num_sms * ctas_per_sm
         # Unsplit items: every request's tiles; the worst case has the most partial tiles.
         base = sum(
