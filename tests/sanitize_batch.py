@@ -9,7 +9,7 @@ one with none, lengths off block boundaries. Exits non-zero if the result is wro
 import torch
 
 from vllm_pod.ops import device_ctas_per_sm, device_prefill_tile_rows, pod_attention
-from vllm_pod.plan import PodPlanner
+from vllm_pod.plan import ITEM_FIELDS, PodPlanner
 from vllm_pod.reference import reference_attention
 from vllm_pod.testing import make_batch
 
@@ -23,7 +23,7 @@ def main():
                          max_num_tokens=512, device="cuda",
                          prefill_rows=device_prefill_tile_rows(torch.bfloat16, 128))
     plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=b.num_decodes)
-    splits = int((plan.items[:, 11] > 1).sum())
+    splits = int((plan.items[:, ITEM_FIELDS.index("num_splits")] > 1).sum())
     print(f"items: {plan.num_prefill_items} prefill, {plan.num_decode_items} decode, {splits} in KV-splits")
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
                               b.query_start_loc, b.seq_lens, b.scale)
