@@ -18,14 +18,18 @@ from torch.utils.cpp_extension import BuildExtension, CUDAExtension  # noqa: E40
 
 from vllm_pod.build_paths import cute_include_dir  # noqa: E402
 
-# POD_NVCC_FLAGS: extra flags for tuning builds, e.g. "-DPOD_PREFILL_MTILES=2", or
-# "-DPOD_WGMMA_PREFILL" for the Hopper (wgmma) prefill tile, which needs CuTe's headers.
+# The Hopper prefill tile (wgmma) is built into the sm_90a code when CuTe's headers are found
+# (FlashInfer, a vLLM dependency, ships them); POD_WGMMA_PREFILL=0 builds the mma.sync tile only.
+# POD_NVCC_FLAGS: extra flags for tuning builds, e.g. "-DPOD_PREFILL_MTILES=2".
 extra_flags = os.environ.get("POD_NVCC_FLAGS", "").split()
 include_dirs = [os.path.abspath("csrc")]
-if "-DPOD_WGMMA_PREFILL" in extra_flags:
+if "9.0a" in os.environ["TORCH_CUDA_ARCH_LIST"] and os.environ.get("POD_WGMMA_PREFILL", "1") != "0":
     if cute_include_dir() is None:
-        raise RuntimeError("-DPOD_WGMMA_PREFILL needs CuTe headers (FlashInfer's data/cutlass/include)")
-    include_dirs.append(cute_include_dir())
+        print("vllm-pod: CuTe headers not found (install flashinfer-python); sm_90a gets the mma.sync "
+              "prefill tile", file=sys.stderr)
+    else:
+        extra_flags.append("-DPOD_WGMMA_PREFILL")
+        include_dirs.append(cute_include_dir())
 
 ext = CUDAExtension(
     name="vllm_pod._C",

@@ -132,6 +132,9 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--stride", type=int, default=1, help="time every STRIDE-th config only")
     ap.add_argument("--pod-only", action="store_true", help="time POD alone and print; no FA3, no files")
+    ap.add_argument("--only", metavar="CHUNK,PREFIX,DECODES,CTX",
+                    help="this one batch instead of the grid (decodes may be 0 with --pod-only); "
+                         "with a profiler: ncu -k regex:pod_attention -c 1 python -m ... --pod-only --only ...")
     args = ap.parse_args()
 
     props = torch.cuda.get_device_properties(0)
@@ -142,7 +145,7 @@ def main():
                          max_num_reqs=256, max_num_tokens=4096, device="cuda",
                          prefill_rows=device_prefill_tile_rows(SHAPE["dtype"], SHAPE["head_dim"]))
     grid = list(itertools.product(CHUNKS, PREFIXES, NUM_DECODES, DECODE_CTX))
-    grid = grid[::args.stride]
+    grid = [tuple(int(x) for x in args.only.split(","))] if args.only else grid[::args.stride]
     if args.pod_only:
         times = [bench_config(*cfg, planner, args.iters, pod_only=True)["pod_us"] for cfg in grid]
         for cfg, t in zip(grid, times):

@@ -2,11 +2,14 @@
 # On a GPU machine: build each kernel variant, check it, and time it, in one go (METHOD.md: one
 # script that builds, checks and times several variants in one call).
 #
-#   benchmarks/gpu_variants.sh "shipped:" "wgmma:-DPOD_WGMMA_PREFILL" "two-mtiles:-DPOD_PREFILL_MTILES=2 -DPOD_PREFILL_KEYS=32"
+#   benchmarks/gpu_variants.sh "shipped:" "simt:POD_WGMMA_PREFILL=0" "simt-two-mtiles:POD_WGMMA_PREFILL=0 -DPOD_PREFILL_MTILES=2 -DPOD_PREFILL_KEYS=32"
 #
-# Each NAME:FLAGS is built with POD_NVCC_FLAGS=FLAGS, then: the GPU kernel tests (grid, fuzz, graphs),
+# Each NAME:FLAGS is built with the VAR=value words of FLAGS in the environment and the others as
+# POD_NVCC_FLAGS, then: the GPU kernel tests (grid, fuzz, graphs),
 # compute-sanitizer memcheck on one hybrid batch, and POD's time on every STRIDE-th benchmark config
 # (no vLLM needed). Logs go to $OUT (or /tmp/pod-variants); a summary table ends the output.
+# With BENCH=1 each variant instead runs the full benchmark against FA3 (needs vLLM), writing
+# kernel_NAME.csv/.json there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/pod-variants}
@@ -17,15 +20,24 @@ export MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+
 summary=()
 for spec in "$@"; do
   name=${spec%%:*}
-  export POD_NVCC_FLAGS=${spec#*:}
+  flags=() envs=()
+  for word in ${spec#*:}; do
+    if [[ $word == *=* && $word != -* ]]; then envs+=("$word"); else flags+=("$word"); fi
+  done
+  export POD_NVCC_FLAGS="${flags[*]}"
   rm -rf build vllm_pod/_C*.so
-  if ! python3 setup.py build_ext --inplace >"$out/build_$name.log" 2>&1; then
+  if ! env "${envs[@]}" python3 setup.py build_ext --inplace >"$out/build_$name.log" 2>&1; then
     summary+=("$name: BUILD FAILED (see build_$name.log)")
+    continue
+  fi
+  if [ "${BENCH:-0}" = 1 ]; then
+    bench=$(timeout 400 python3 -m benchmarks.bench_kernel --out "$out/kernel_$name.csv" 2>&1 | tee "$out/bench_$name.log" | grep -E 'geomean_pod_over_fa3|best_pod_over_fa3' | tr -d '\n')
+    summary+=("$name [${spec#*:}]: $bench")
     continue
   fi
   tests=$(timeout 300 python3 -m pytest -q -m gpu tests/test_kernel_gpu.py -x 2>&1 | tee "$out/tests_$name.log" | tail -1)
   memcheck=$(timeout 120 compute-sanitizer --tool memcheck python3 tests/sanitize_batch.py 2>&1 | tee "$out/memcheck_$name.log" | grep "ERROR SUMMARY")
   timing=$(timeout 200 python3 -m benchmarks.bench_kernel --out /tmp/unused.csv --pod-only --stride "$stride" 2>&1 | tee "$out/pod_$name.txt" | tail -1)
-  summary+=("$name [$POD_NVCC_FLAGS]: tests: $tests | memcheck: ${memcheck:-none} | $timing")
+  summary+=("$name [${spec#*:}]: tests: $tests | memcheck: ${memcheck:-none} | $timing")
 done
 printf '%s\n' "${summary[@]}"

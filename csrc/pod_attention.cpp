@@ -6,7 +6,6 @@
 #include <cuda_fp16.h>
 #include <torch/extension.h>
 
-#include "pod/tile_config.cuh"
 #include "pod_attention.h"
 
 namespace {
@@ -53,7 +52,7 @@ struct Launch {
 struct PrefillRows {
   template <typename T, int D>
   static cudaError_t run(int* n) {
-    *n = pod::TileConfig<T, D>::kPrefillRows;
+    *n = pod::prefill_tile_rows<T, D>();
     return cudaSuccess;
   }
 };

@@ -4,9 +4,11 @@ A plan cuts a hybrid batch into work items, each a tile of query rows (tokens x 
 KV head's GQA group) against a range of that request's keys:
 
 * requests whose rows fit 16 (decodes, short extends) get *decode tiles* of 16 rows, whose warps
-  split the keys; the rest get *prefill tiles* of 64 rows whose warps split the rows;
+  split the keys; the rest get *prefill tiles* (64 rows, 128 with the Hopper tile) whose warps
+  split the rows;
 * when a kind has too few items to fill its share of the GPU, long key ranges are cut into
-  KV-splits (bounded: at most about two items per CTA slot) merged in-kernel by the last split;
+  KV-splits (bounded: about one prefill or two decode items per CTA slot) merged in-kernel by the
+  last split;
 * each queue is ordered longest first, and the plan says how many CTAs per SM prefer decode work.
 
 The layout written here is read by csrc/pod/params.cuh (keep the two in step).
@@ -27,11 +29,16 @@ ITEM_FIELDS = ("req", "kv_head", "h0", "nh", "q_start", "n_tok", "q_pos0", "kv_s
 COUNTER_MERGE_BASE = 4 + 1024  # kCtrSmSlots + kMaxSmIds
 
 DECODE_TILE_ROWS = 16
-# Rows of the shipped kernel's prefill tile (4 warps x one m16 tile). Tuning builds may differ, so
-# the backend passes the built kernel's value (ops.device_prefill_tile_rows).
+# Rows of the mma.sync prefill tile (4 warps x one m16 tile). The Hopper tile has 128 (64 at head
+# dim 256) and tuning builds may differ, so the backend passes the device's value
+# (ops.device_prefill_tile_rows).
 DEFAULT_PREFILL_TILE_ROWS = 64
 SPLIT_ALIGN = 64  # KV-split boundaries are multiples of every kernel key tile
 MIN_SPLIT_KEYS = {"decode": 256, "prefill": 1024}
+# A queue is KV-split only while it has fewer items than this many per CTA slot. Prefill pieces
+# cost a partial tile of up to 128 rows written, re-read and merged, so prefill splits only to
+# fill one wave; short decode items split down to two per slot.
+SPLIT_ITEMS_PER_SLOT = {"decode": 2, "prefill": 1}
 
 # Rough H100 rates of the two tile kinds, used only to pick the prefill:decode CTA mix per SM.
 PREFILL_FLOPS_PER_S = 350e12
@@ -77,9 +84,10 @@ class PodPlanner:
         base = sum(
             (max_num_tokens // self._tokens_per_tile(rows) + max_num_reqs) * self._head_chunks(rows)
             for rows in (self.prefill_rows, DECODE_TILE_ROWS)) * num_kv_heads
-        # Splitting happens only while a kind has fewer items than its target (2 per slot), so it
-        # adds at most that many pieces again.
-        self.split_target = 2 * slots
+        # Splitting happens only while a kind has fewer items than its target (at most 2 per slot),
+        # so it adds at most that many pieces again.
+        self.split_targets = {kind: n * slots for kind, n in SPLIT_ITEMS_PER_SLOT.items()}
+        self.split_target = max(self.split_targets.values())
         self.max_items = base + 2 * self.split_target
         self.max_split_rows = 2 * self.split_target * self.prefill_rows
         self.max_merge_groups = self.split_target
@@ -146,10 +154,11 @@ class PodPlanner:
 
     def _split_chunk(self, items: np.ndarray, kind: str) -> int | None:
         """Keys per KV-split for this queue, or None when it has enough items unsplit."""
-        if len(items) == 0 or len(items) >= self.split_target:
+        target = self.split_targets[kind]
+        if len(items) == 0 or len(items) >= target:
             return None
         total_keys = int(items[:, ITEM_FIELDS.index("kv_end")].sum())
-        chunk = max(MIN_SPLIT_KEYS[kind], -(-total_keys // self.split_target))
+        chunk = max(MIN_SPLIT_KEYS[kind], -(-total_keys // target))
         return -(-chunk // SPLIT_ALIGN) * SPLIT_ALIGN
 
     @staticmethod

@@ -48,54 +48,51 @@ struct WarpState {
   }
 };
 
-// Masks (kMask) and folds one tile's raw scores s into the running softmax state; on return s holds
-// the tile's probabilities, unnormalised (exp2 of scaled scores minus the running max).
+// Masks (kMask) and folds one tile's raw scores s of m-tile mt into the running softmax state; on
+// return s holds the tile's probabilities, unnormalised (exp2 of scaled scores minus the running
+// max). pos: the sequence positions of this thread's two rows.
 template <class Cfg, int M, int NK, bool kMask>
-__device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, float (&s)[M][NK / 8][4],
-                                                      int key0, int kv_end,
-                                                      const int (&row_pos)[M][2], float scale_log2) {
+__device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int mt,
+                                                      float (&s)[NK / 8][4], int key0, int kv_end,
+                                                      const int (&pos)[2], float scale_log2) {
   constexpr int D = Cfg::D;
   const int lane = threadIdx.x & 31;
   if constexpr (kMask) {
 #pragma unroll
-    for (int mt = 0; mt < M; ++mt)
+    for (int j = 0; j < NK / 8; ++j)
 #pragma unroll
-      for (int j = 0; j < NK / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + j * 8 + 2 * (lane & 3) + (e & 1);
-          if (key >= kv_end || key > row_pos[mt][e >> 1]) s[mt][j][e] = -INFINITY;
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + j * 8 + 2 * (lane & 3) + (e & 1);
+        if (key >= kv_end || key > pos[e >> 1]) s[j][e] = -INFINITY;
+      }
   }
 
   // Online softmax in the log2 domain (exp2 of scaled scores).
 #pragma unroll
-  for (int mt = 0; mt < M; ++mt)
+  for (int r = 0; r < 2; ++r) {
+    float mx = st.m[mt][r];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = st.m[mt][r];
+    for (int j = 0; j < NK / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+    // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives exact zeros.
+    const float base = mx == -INFINITY ? 0.f : mx * scale_log2;
+    const float alpha = exp2f(st.m[mt][r] * scale_log2 - base);
+    st.m[mt][r] = mx;
+    float sum = 0.f;
 #pragma unroll
-      for (int j = 0; j < NK / 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-      // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives exact zeros.
-      const float base = mx == -INFINITY ? 0.f : mx * scale_log2;
-      const float alpha = exp2f(st.m[mt][r] * scale_log2 - base);
-      st.m[mt][r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < NK / 8; ++j) {
-        s[mt][j][2 * r] = exp2f(fmaf(s[mt][j][2 * r], scale_log2, -base));
-        s[mt][j][2 * r + 1] = exp2f(fmaf(s[mt][j][2 * r + 1], scale_log2, -base));
-        sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
-      }
-      st.l[mt][r] = st.l[mt][r] * alpha + sum;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        st.o[mt][j][2 * r] *= alpha;
-        st.o[mt][j][2 * r + 1] *= alpha;
-      }
+    for (int j = 0; j < NK / 8; ++j) {
+      s[j][2 * r] = exp2f(fmaf(s[j][2 * r], scale_log2, -base));
+      s[j][2 * r + 1] = exp2f(fmaf(s[j][2 * r + 1], scale_log2, -base));
+      sum += s[j][2 * r] + s[j][2 * r + 1];
     }
+    st.l[mt][r] = st.l[mt][r] * alpha + sum;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      st.o[mt][j][2 * r] *= alpha;
+      st.o[mt][j][2 * r + 1] *= alpha;
+    }
+  }
 }
 
 // The A fragment (16 rows x 16 keys) of P for keys [16*kk, 16*kk+16): the accumulators of two
@@ -146,7 +143,9 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
     }
   }
 
-  masked_online_softmax<Cfg, M, NK, kMask>(st, s, key0, kv_end, row_pos, scale_log2);
+#pragma unroll
+  for (int mt = 0; mt < M; ++mt)
+    masked_online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], scale_log2);
 
   // O += P V.
 #pragma unroll

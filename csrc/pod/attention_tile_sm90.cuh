@@ -17,6 +17,12 @@
 #if defined(POD_WGMMA_PREFILL)
 #include <cute/arch/mma_sm90.hpp>
 
+// POD_SM90_PV_OVERLAP=0 (a tuning switch) waits for each P V before the next m-tile's softmax,
+// which frees the P registers it holds.
+#ifndef POD_SM90_PV_OVERLAP
+#define POD_SM90_PV_OVERLAP 1
+#endif
+
 namespace pod::sm90 {
 
 // Element offset of (row, col) in a [kRows x D] tile stored in the SW128 layout.
@@ -85,44 +91,71 @@ __device__ __forceinline__ void fence_accumulators(float* d) {
   for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
-// The whole CTA (one warpgroup), one K/V tile: the 64 query rows of sQ against the NK keys of
-// sK/sV (all three SW128 tiles). Same contract as warp_attend with M = 1 and q_row0 = 16 * warp.
-template <class Cfg, int NK, bool kMask>
-__device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, 1>& st, const typename Cfg::T* sQ,
-                                                 const typename Cfg::T* sK,
-                                                 const typename Cfg::T* sV, int key0, int kv_end,
-                                                 const int (&row_pos)[1][2], float scale_log2) {
+// S = Q K^T for m64 tile mt of sQ (a [kRows x D] SW128 tile) against the NK keys of sK: issued and
+// committed as one wgmma group, not waited for.
+template <class Cfg, int NK>
+__device__ __forceinline__ void issue_qk(const typename Cfg::T* sQ, int mt, const typename Cfg::T* sK,
+                                         float (&s)[NK / 8][4]) {
   using T = typename Cfg::T;
-  constexpr int D = Cfg::D;
-  static_assert(Cfg::kPrefillRows == 64, "one warpgroup computes 64 rows");
-  float s[1][NK / 8][4];
-  float* sf = &s[0][0][0];
-  float* of = &st.o[0][0][0];
-
+  float* sf = &s[0][0];
   fence_accumulators<NK / 2>(sf);
   cute::warpgroup_arrive();
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    mma_ss<SsOp<T, NK>>(kmajor_desc<T, 64>(sQ, kk), kmajor_desc<T, NK>(sK, kk), sf,
+  for (int kk = 0; kk < Cfg::D / 16; ++kk)
+    mma_ss<SsOp<T, NK>>(kmajor_desc<T, Cfg::kPrefillRows>(sQ + mt * 64 * 64, kk),
+                        kmajor_desc<T, NK>(sK, kk), sf,
                         kk == 0 ? cute::SM90::GMMA::ScaleOut::Zero : cute::SM90::GMMA::ScaleOut::One,
                         std::make_index_sequence<NK / 2>{});
   cute::warpgroup_commit_batch();
-  cute::warpgroup_wait<0>();
-  fence_accumulators<NK / 2>(sf);
+}
 
-  masked_online_softmax<Cfg, 1, NK, kMask>(st, s, key0, kv_end, row_pos, scale_log2);
-
-  uint32_t a[NK / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s[0], kk, a[kk]);
-  fence_accumulators<D / 2>(of);
+// O += P V with P (probabilities of one m64 tile) packed from s into registers: one wgmma group,
+// not waited for. The P registers stay live until the caller waits.
+template <class Cfg, int NK>
+__device__ __forceinline__ void issue_pv(const uint32_t (&p)[NK / 16][4], const typename Cfg::T* sV,
+                                         float (&o)[Cfg::D / 8][4]) {
+  using T = typename Cfg::T;
+  float* of = &o[0][0];
+  fence_accumulators<Cfg::D / 2>(of);
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < NK / 16; ++kk)
-    mma_rs<RsOp<T, D>>(a[kk], mnmajor_desc<T, NK, D>(sV, kk), of, std::make_index_sequence<D / 2>{});
+    mma_rs<RsOp<T, Cfg::D>>(p[kk], mnmajor_desc<T, NK, Cfg::D>(sV, kk), of,
+                            std::make_index_sequence<Cfg::D / 2>{});
   cute::warpgroup_commit_batch();
+}
+
+// The whole CTA (one warpgroup), one K/V tile: the kPrefillMTiles m64 tiles of query rows in sQ
+// against the NK keys of sK/sV (all SW128 tiles). Same contract as warp_attend, with warp w holding
+// rows 64*mt + 16*w of each m-tile. S_1 = Q_1 K^T and P_0 V are issued together, so the tensor cores
+// run P_0 V while the warps compute the second m-tile's softmax (a fixed two-tile schedule: ptxas
+// serialises wgmma around data-dependent waits).
+template <class Cfg, int NK, bool kMask>
+__device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTiles>& st,
+                                                 const typename Cfg::T* sQ, const typename Cfg::T* sK,
+                                                 const typename Cfg::T* sV, int key0, int kv_end,
+                                                 const int (&row_pos)[Cfg::kPrefillMTiles][2],
+                                                 float scale_log2) {
+  using T = typename Cfg::T;
+  constexpr int M = Cfg::kPrefillMTiles;
+  float s[NK / 8][4];
+  uint32_t p[M][NK / 16][4];
+
+  issue_qk<Cfg, NK>(sQ, 0, sK, s);
+#pragma unroll
+  for (int mt = 0; mt < M; ++mt) {
+    // S_mt is the oldest group in flight (P_{mt-1} V may still run).
+    if (mt == 0 || !POD_SM90_PV_OVERLAP) cute::warpgroup_wait<0>(); else cute::warpgroup_wait<1>();
+    fence_accumulators<NK / 2>(&s[0][0]);
+    masked_online_softmax<Cfg, M, NK, kMask>(st, mt, s, key0, kv_end, row_pos[mt], scale_log2);
+#pragma unroll
+    for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s, kk, p[mt][kk]);
+    if (mt + 1 < M) issue_qk<Cfg, NK>(sQ, mt + 1, sK, s);
+    issue_pv<Cfg, NK>(p[mt], sV, st.o[mt]);
+  }
   cute::warpgroup_wait<0>();
-  fence_accumulators<D / 2>(of);
+#pragma unroll
+  for (int mt = 0; mt < M; ++mt) fence_accumulators<Cfg::D / 2>(&st.o[mt][0][0]);
 }
 
 }  // namespace pod::sm90

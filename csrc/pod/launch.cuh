@@ -1,4 +1,5 @@
-// Host side of one (dtype, head dim) instantiation: launch configuration and occupancy.
+// Host side of one (dtype, head dim) instantiation: which tile configuration the device runs,
+// launch configuration and occupancy.
 #pragma once
 #include <cuda_runtime.h>
 #include "../pod_attention.h"
@@ -7,33 +8,74 @@
 
 namespace pod {
 
-template <typename T, int D>
-static cudaError_t raise_smem_limit() {
-  using Cfg = TileConfig<T, D>;
-  return cudaFuncSetAttribute(pod_attention_kernel<Cfg>,
-                              cudaFuncAttributeMaxDynamicSharedMemorySize, int(Cfg::kSmemAlloc));
+// Whether the current device runs the Hopper configuration: builds with -DPOD_WGMMA_PREFILL
+// (setup.py adds it when compiling for sm_90a) on a compute capability 9.0 device.
+inline bool hopper_device() {
+#ifdef POD_WGMMA_PREFILL
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices] = {};  // 0: not asked yet, 1: no, 2: yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev >= kMaxDevices) return false;
+  if (cached[dev] == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cached[dev] = major == 9 && minor == 0 ? 2 : 1;
+  }
+  return cached[dev] == 2;
+#else
+  return false;
+#endif
+}
+
+// Calls f(Cfg{}) with the configuration the current device runs.
+template <typename T, int D, class F>
+cudaError_t with_config(F&& f) {
+  return hopper_device() ? f(TileConfig<T, D, true>{}) : f(TileConfig<T, D, false>{});
+}
+
+template <class Cfg>
+cudaError_t raise_smem_limit() {
+  static const cudaError_t e = cudaFuncSetAttribute(
+      pod_attention_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Cfg::kSmemAlloc));
+  return e;
 }
 
 template <typename T, int D>
 cudaError_t launch(const PodParams& p, int num_ctas, cudaStream_t stream) {
-  using Cfg = TileConfig<T, D>;
-  static const cudaError_t prepared = raise_smem_limit<T, D>();
-  if (prepared != cudaSuccess) return prepared;
-  pod_attention_kernel<Cfg><<<num_ctas, Cfg::kThreads, Cfg::kSmemAlloc, stream>>>(p);
-  return cudaGetLastError();
+  return with_config<T, D>([&](auto cfg) {
+    using Cfg = decltype(cfg);
+    const cudaError_t prepared = raise_smem_limit<Cfg>();
+    if (prepared != cudaSuccess) return prepared;
+    pod_attention_kernel<Cfg><<<num_ctas, Cfg::kThreads, Cfg::kSmemAlloc, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 template <typename T, int D>
 cudaError_t ctas_per_sm(int* n) {
-  using Cfg = TileConfig<T, D>;
-  const cudaError_t e = raise_smem_limit<T, D>();
-  if (e != cudaSuccess) return e;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, pod_attention_kernel<Cfg>, Cfg::kThreads,
-                                                       Cfg::kSmemAlloc);
+  return with_config<T, D>([&](auto cfg) {
+    using Cfg = decltype(cfg);
+    const cudaError_t e = raise_smem_limit<Cfg>();
+    if (e != cudaSuccess) return e;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, pod_attention_kernel<Cfg>, Cfg::kThreads,
+                                                         Cfg::kSmemAlloc);
+  });
+}
+
+template <typename T, int D>
+int prefill_tile_rows() {
+  int rows = 0;
+  with_config<T, D>([&](auto cfg) {
+    rows = decltype(cfg)::kPrefillRows;
+    return cudaSuccess;
+  });
+  return rows;
 }
 
 }  // namespace pod
 
 #define POD_INSTANTIATE(T, D)                                                               \
   template cudaError_t pod::launch<T, D>(const pod::PodParams&, int, cudaStream_t);       \
-  template cudaError_t pod::ctas_per_sm<T, D>(int*);
+  template cudaError_t pod::ctas_per_sm<T, D>(int*);                                       \
+  template int pod::prefill_tile_rows<T, D>();

@@ -37,7 +37,7 @@ struct RowSink {
 // Prefill: each warp writes its own rows straight from registers.
 template <class Cfg, int M>
 __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const RowSink<Cfg>& sink,
-                                                int row0, int used, float scale_log2) {
+                                                int warp, int used, float scale_log2) {
   float lse[M][2];
   st.finalize(scale_log2, lse);
   const int lane = threadIdx.x & 31;
@@ -45,7 +45,7 @@ __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const Row
   for (int mt = 0; mt < M; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = row0 + 16 * mt + (lane >> 2) + 8 * r;
+      const int row = Cfg::prefill_row(warp, mt) + (lane >> 2) + 8 * r;
       if (row >= used) continue;
 #pragma unroll
       for (int j = 0; j < Cfg::D / 8; ++j)
@@ -114,21 +114,33 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
   __syncthreads();
   if (!*s_flag) return;
   __threadfence();
-  for (int idx = threadIdx.x; idx < used * (D / 2); idx += Cfg::kThreads) {
-    const int row = idx / (D / 2), d = (idx % (D / 2)) * 2;
-    float mx = -INFINITY;
-    for (int s = 0; s < it.num_splits; ++s)
-      mx = fmaxf(mx, __ldcg(p.partial_lse + it.slot_base + s * used + row));
-    float a0 = 0.f, a1 = 0.f, wsum = 0.f;
+  // One pass over the splits with a running max, four columns per thread: the loads of different
+  // splits and rows are independent, so a thread keeps several in flight (this loop is pure L2
+  // latency otherwise, and long for 128-row prefill tiles).
+  constexpr int kVec = 4;
+#pragma unroll 2
+  for (int idx = threadIdx.x; idx < used * (D / kVec); idx += Cfg::kThreads) {
+    const int row = idx / (D / kVec), d = (idx % (D / kVec)) * kVec;
+    float mx = -INFINITY, wsum = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
     for (int s = 0; s < it.num_splits; ++s) {
       const int64_t prow = it.slot_base + s * used + row;
-      const float wt = exp2f(__ldcg(p.partial_lse + prow) - mx);
-      const float2 v = __ldcg(reinterpret_cast<const float2*>(p.partial_o + prow * D + d));
-      a0 += wt * v.x;
-      a1 += wt * v.y;
-      wsum += wt;
+      const float lse = __ldcg(p.partial_lse + prow);
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.partial_o + prow * D + d));
+      const float m_new = fmaxf(mx, lse);  // every split has a key for every row: lse is finite
+      const float rescale = exp2f(mx - m_new), wt = exp2f(lse - m_new);
+      acc.x = acc.x * rescale + wt * v.x;
+      acc.y = acc.y * rescale + wt * v.y;
+      acc.z = acc.z * rescale + wt * v.z;
+      acc.w = acc.w * rescale + wt * v.w;
+      wsum = wsum * rescale + wt;
+      mx = m_new;
     }
-    *reinterpret_cast<uint32_t*>(out_at<T>(p, it, row, d)) = pack2<T>(a0 / wsum, a1 / wsum);
+    const float inv = 1.f / wsum;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<T>(p, it, row, d));
+    dst[0] = pack2<T>(acc.x * inv, acc.y * inv);
+    dst[1] = pack2<T>(acc.z * inv, acc.w * inv);
   }
 }
 

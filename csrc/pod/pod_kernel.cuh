@@ -7,9 +7,14 @@
 #include "scheduler.cuh"
 #include "tile_loader.cuh"
 
-// The Hopper prefill step is compiled into the sm_90a code of builds with -DPOD_WGMMA_PREFILL.
+// The Hopper configuration (TileConfig<..., kHopper = true>) is compiled into the sm_90a code of
+// builds with -DPOD_WGMMA_PREFILL, the other one everywhere else; the host launches the one that
+// matches the device (launch.cuh), so each pass compiles only one kernel body.
 #if defined(POD_WGMMA_PREFILL) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define POD_HOPPER_PREFILL 1
+constexpr bool kCompilingHopper = true;
+#else
+constexpr bool kCompilingHopper = false;
 #endif
 
 namespace pod {
@@ -20,7 +25,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   using T = typename Cfg::T;
   constexpr bool kIsDecode = kKind == kDecode;
   constexpr int kRows = kIsDecode ? Cfg::kDecodeRows : Cfg::kPrefillRows;
-  constexpr int kM = kIsDecode ? 1 : Cfg::kPrefillMTiles;  // m16 tiles per warp
+  constexpr int kM = kIsDecode ? 1 : Cfg::kPrefillMTiles;  // m-tiles per warp
   constexpr int kKeys = kIsDecode ? Cfg::kDecodeKeys : Cfg::kPrefillKeys;
 #ifdef POD_HOPPER_PREFILL
   constexpr bool kWgmma = !kIsDecode;
@@ -38,13 +43,13 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int used = it.n_tok * it.nh;
-  const int row0 = kIsDecode ? 0 : warp * 16 * kM;  // this warp's first query row
-  int row_pos[kM][2];
+  int row_pos[kM][2];  // sequence positions of this thread's rows
 #pragma unroll
   for (int mt = 0; mt < kM; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r)
-      row_pos[mt][r] = it.q_pos0 + (row0 + 16 * mt + (lane >> 2) + 8 * r) / it.nh;
+      row_pos[mt][r] =
+          it.q_pos0 + ((kIsDecode ? 0 : Cfg::prefill_row(warp, mt)) + (lane >> 2) + 8 * r) / it.nh;
   // Tiles starting past this need the mask (causal diagonal or the end of the key range).
   const int mask_from = min(it.kv_end, it.q_pos0 + 1) - kKeys;
 
@@ -86,7 +91,8 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
         sm90::warpgroup_attend<Cfg, kKeys, false>(st, sQ, sK(stage), sV(stage), tile_start,
                                                   it.kv_end, row_pos, p.scale_log2);
 #endif
-    } else if (row0 < used) {  // warps whose rows are all padding skip the math
+    } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
+      const int row0 = Cfg::prefill_row(warp, 0);
       if (masked)
         warp_attend<Cfg, kM, kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
                                           it.kv_end, row_pos, p.scale_log2);
@@ -101,12 +107,13 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   if constexpr (kIsDecode)
     merge_decode_warps<Cfg>(st, sink, reinterpret_cast<float*>(smem), used, p.scale_log2);
   else
-    store_warp_rows<Cfg, kM>(st, sink, row0, used, p.scale_log2);
+    store_warp_rows<Cfg>(st, sink, warp, used, p.scale_log2);
   if (it.slot >= 0) finish_split<Cfg>(p, it, used, s_flag);
 }
 
+// The persistent loop: pull items from the scheduler until both queues are drained.
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, 2) pod_attention_kernel(const PodParams p) {
+__device__ __forceinline__ void run_items(const PodParams& p) {
   extern __shared__ __align__(128) char smem_raw[];
   char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   __shared__ WorkItem s_item;
@@ -130,6 +137,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 2) pod_attention_kernel(const P
     __syncthreads();  // shared memory and s_item are reused by the next item
   }
   if (threadIdx.x == 0) sched.finish();
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 2) pod_attention_kernel(const PodParams p) {
+  if constexpr (Cfg::kHopper == kCompilingHopper)
+    run_items<Cfg>(p);
+  else
+    __trap();  // the host never launches a configuration this pass did not compile
 }
 
 }  // namespace pod

@@ -5,27 +5,39 @@
 
 namespace pod {
 
-template <typename T_, int D_>
+// kHopper_: the sm_90a configuration, whose prefill tiles run on wgmma (attention_tile_sm90.cuh).
+template <typename T_, int D_, bool kHopper_ = false>
 struct TileConfig {
   using T = T_;
   static constexpr int D = D_;
+  static constexpr bool kHopper = kHopper_;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  // Prefill tile: each warp owns kPrefillMTiles m16 MMA tiles of query rows against kPrefillKeys
-  // keys per K/V tile. One m-tile and 64 keys measured best over the benchmark grid on an H100
-  // (benchmarks/NOTES.md); two m-tiles (each K/V fragment feeding two MMAs) win on long prefills but
-  // spill and balance worse. POD_PREFILL_MTILES / POD_PREFILL_KEYS override them in tuning builds.
+  // Prefill tile: kPrefillMTiles m-tiles of query rows per warp against kPrefillKeys keys per K/V
+  // tile. The rows a tile shares each K/V tile between set its arithmetic intensity: K/V tiles
+  // come from L2 once per tile, so 64-row tiles cap the prefill near L2 bandwidth (~4.5 TB/s, ~290
+  // TFLOP/s at 64 FLOP/B). The Hopper tile therefore takes 128 rows (two m64 wgmma tiles; its
+  // accumulators fit the register file up to D=128). The mma.sync tile keeps 1 x m16 per warp and
+  // 64 keys, measured best for it (benchmarks/NOTES.md); POD_PREFILL_MTILES / POD_PREFILL_KEYS
+  // override it in tuning builds.
 #ifdef POD_PREFILL_MTILES
-  static constexpr int kPrefillMTiles = D <= 128 ? POD_PREFILL_MTILES : 1;
+  static constexpr int kSimtMTiles = D <= 128 ? POD_PREFILL_MTILES : 1;
 #else
-  static constexpr int kPrefillMTiles = 1;
+  static constexpr int kSimtMTiles = 1;
 #endif
-  static constexpr int kPrefillRows = kWarps * 16 * kPrefillMTiles;
+  static constexpr int kPrefillMTiles = kHopper ? (D <= 128 ? 2 : 1) : kSimtMTiles;
+  static constexpr int kMTileRows = kHopper ? 64 : 16;  // rows of one m-tile (wgmma m64, mma m16)
+  static constexpr int kPrefillRows = kMTileRows * kPrefillMTiles * (kHopper ? 1 : kWarps);
 #ifdef POD_PREFILL_KEYS
-  static constexpr int kPrefillKeys = D <= 128 ? POD_PREFILL_KEYS : 32;
+  static constexpr int kPrefillKeys = D <= 128 && !kHopper ? POD_PREFILL_KEYS : (D <= 128 ? 64 : 32);
 #else
   static constexpr int kPrefillKeys = D <= 128 ? 64 : 32;  // 32 at D=256 keeps two CTAs per SM
 #endif
+  // First query row of a warp's m-tile mt: mma.sync warps own consecutive m16 tiles; in a wgmma
+  // m64 tile each warp holds a 16-row slice.
+  __device__ __forceinline__ static int prefill_row(int warp, int mt) {
+    return kHopper ? 64 * mt + 16 * warp : 16 * (kPrefillMTiles * warp + mt);
+  }
   // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
   static constexpr int kDecodeRows = 16;
   static constexpr int kDecodeWarpKeys = 16;
