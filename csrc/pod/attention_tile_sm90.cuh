@@ -17,12 +17,6 @@
 #if defined(POD_WGMMA_PREFILL)
 #include <cute/arch/mma_sm90.hpp>
 
-// POD_SM90_PV_OVERLAP=0 (a tuning switch) waits for each P V before the next m-tile's softmax,
-// which frees the P registers it holds.
-#ifndef POD_SM90_PV_OVERLAP
-#define POD_SM90_PV_OVERLAP 1
-#endif
-
 namespace pod::sm90 {
 
 // Element offset of (row, col) in a [kRows x D] tile stored in the SW128 layout.
@@ -127,9 +121,9 @@ __device__ __forceinline__ void issue_pv(const uint32_t (&p)[NK / 16][4], const 
 
 // The whole CTA (one warpgroup), one K/V tile: the kPrefillMTiles m64 tiles of query rows in sQ
 // against the NK keys of sK/sV (all SW128 tiles). Same contract as warp_attend, with warp w holding
-// rows 64*mt + 16*w of each m-tile. S_1 = Q_1 K^T and P_0 V are issued together, so the tensor cores
-// run P_0 V while the warps compute the second m-tile's softmax (a fixed two-tile schedule: ptxas
-// serialises wgmma around data-dependent waits).
+// rows 64*mt + 16*w of each m-tile. Both S = Q K^T products are issued up front, so the tensor
+// cores compute S_1 during the first m-tile's softmax and P_0 V during the second's. The schedule
+// is fixed at compile time: ptxas serialises wgmma around data-dependent waits.
 template <class Cfg, int NK, bool kMask>
 __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTiles>& st,
                                                  const typename Cfg::T* sQ, const typename Cfg::T* sK,
@@ -138,19 +132,19 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
                                                  float scale_log2) {
   using T = typename Cfg::T;
   constexpr int M = Cfg::kPrefillMTiles;
-  float s[NK / 8][4];
+  float s[M][NK / 8][4];
   uint32_t p[M][NK / 16][4];
 
-  issue_qk<Cfg, NK>(sQ, 0, sK, s);
+#pragma unroll
+  for (int mt = 0; mt < M; ++mt) issue_qk<Cfg, NK>(sQ, mt, sK, s[mt]);
 #pragma unroll
   for (int mt = 0; mt < M; ++mt) {
-    // S_mt is the oldest group in flight (P_{mt-1} V may still run).
-    if (mt == 0 || !POD_SM90_PV_OVERLAP) cute::warpgroup_wait<0>(); else cute::warpgroup_wait<1>();
-    fence_accumulators<NK / 2>(&s[0][0]);
-    masked_online_softmax<Cfg, M, NK, kMask>(st, mt, s, key0, kv_end, row_pos[mt], scale_log2);
+    // S_mt is done when only the group issued after it may be pending (S_1, then P_0 V).
+    if constexpr (M == 2) cute::warpgroup_wait<1>(); else cute::warpgroup_wait<0>();
+    fence_accumulators<NK / 2>(&s[mt][0][0]);
+    masked_online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], scale_log2);
 #pragma unroll
-    for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s, kk, p[mt][kk]);
-    if (mt + 1 < M) issue_qk<Cfg, NK>(sQ, mt + 1, sK, s);
+    for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s[mt], kk, p[mt][kk]);
     issue_pv<Cfg, NK>(p[mt], sV, st.o[mt]);
   }
   cute::warpgroup_wait<0>();
