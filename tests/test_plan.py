@@ -12,11 +12,11 @@ from vllm_pod.testing import make_batch
 F = {name: i for i, name in enumerate(ITEM_FIELDS)}
 
 
-def planner_for(b, num_sms=4, ctas_per_sm=2, max_num_tokens=4096, max_num_reqs=64):
+def planner_for(b, num_sms=4, ctas_per_sm=2, max_num_tokens=4096, max_num_reqs=64, prefill_rows=None):
     return PodPlanner(num_q_heads=b.query.shape[1], num_kv_heads=b.key_cache.shape[2],
                       head_dim=b.query.shape[2], block_size=b.key_cache.shape[1], num_sms=num_sms,
                       ctas_per_sm=ctas_per_sm, max_num_reqs=max_num_reqs,
-                      max_num_tokens=max_num_tokens, device="cpu")
+                      max_num_tokens=max_num_tokens, device="cpu", prefill_rows=prefill_rows)
 
 
 def execute_plan(b, plan):
@@ -101,7 +101,8 @@ BATCHES = {
 
 @pytest.mark.parametrize("name", BATCHES)
 @pytest.mark.parametrize("heads", [(4, 1), (4, 4), (8, 2), (6, 2), (32, 1)])
-def test_plan_executes_to_reference(name, heads):
+@pytest.mark.parametrize("prefill_rows", [64, 128])  # the mma.sync and the Hopper prefill tile
+def test_plan_executes_to_reference(name, heads, prefill_rows):
     decodes, prefills = BATCHES[name]
     q_lens = [1] * len(decodes) + [q for q, _ in prefills]
     if name == "padded_graph_batch":
@@ -112,7 +113,7 @@ def test_plan_executes_to_reference(name, heads):
         b.query_start_loc = torch.tensor([0, 1, 2, 2, 2], dtype=torch.int32)
         b.seq_lens = torch.tensor([20, 30, 0, 0], dtype=torch.int32)
         b.block_table = torch.cat([b.block_table, torch.zeros_like(b.block_table)])
-    planner = planner_for(b)
+    planner = planner_for(b, prefill_rows=prefill_rows)
     plan = planner.plan(b.query_start_loc, b.seq_lens, num_decodes=len(decodes))
     check_invariants(b, plan, planner)
     out, written = execute_plan(b, plan)
@@ -130,6 +131,20 @@ def test_long_decodes_are_split_when_few():
     # 2 requests x 2 KV heads = 4 tiles for 16 CTA slots: each is cut into KV-splits.
     assert plan.num_decode_items > 4
     assert (plan.items[:, F["num_splits"]] > 1).all()
+
+
+def test_prefill_splits_only_below_one_item_per_slot():
+    # 2 chunks of 48 tokens x 2 KV heads, 16 tokens (x 4 heads) per 64-row tile: 12 prefill tiles
+    # on 8 CTA slots, between one and two per slot. Prefill stays whole; 10 decode tiles are split.
+    b = make_batch([], [(48, 3000)] * 2, num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    planner = planner_for(b, num_sms=4, ctas_per_sm=2, prefill_rows=64)
+    plan = planner.plan(b.query_start_loc, b.seq_lens)
+    assert 8 <= plan.num_prefill_items < 16 and (plan.items[:, F["num_splits"]] == 1).all()
+    b = make_batch([3000] * 5, [], num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    plan = planner.plan(b.query_start_loc, b.seq_lens)
+    assert plan.num_decode_items > 10 and (plan.items[:, F["num_splits"]] > 1).all()
 
 
 def test_many_items_are_not_split():

@@ -1,8 +1,10 @@
-// Hopper prefill step (sm_90a, built with -DPOD_WGMMA_PREFILL): the CTA's four warps act as one
-// warpgroup and compute S = Q K^T and O += P V with wgmma (64 query rows x one K/V tile), with Q, K
-// and V read by the tensor cores straight from shared memory. The softmax is the mma.sync path's
-// (attention_tile.cuh): wgmma's m64 accumulators give each warp the same 16 rows in the same
-// register layout. The scheduler, the plan, the decode tiles and the merges are unchanged.
+// Hopper prefill step (the sm_90a configuration, built with -DPOD_WGMMA_PREFILL): the CTA's four
+// warps act as one warpgroup and compute S = Q K^T and O += P V with wgmma for 128 query rows (two
+// m64 tiles; one at head dim 256, where two would not fit the registers) against one K/V tile, with
+// Q, K and V read by the tensor cores straight from shared memory and P from registers. 128 rows
+// halve the K/V traffic from L2 per FLOP against 64 (benchmarks/NOTES.md, v3-v4). The softmax is
+// the mma.sync path's (attention_tile.cuh): wgmma's m64 accumulators give each warp 16 rows in the
+// mma.sync register layout. The scheduler, the plan, the decode tiles and the merges are shared.
 //
 // Shared-memory tiles of this path use the canonical 128-byte-swizzled GMMA layout: per 64-column
 // block, rows of 128 bytes whose 16-byte chunks are XOR-ed with (row % 8), 8-row atoms of 1 KiB.
@@ -24,6 +26,10 @@ template <int kRows>
 __host__ __device__ constexpr int sw128(int row, int col) {
   return (col / 64) * kRows * 64 + row * 64 + ((((col % 64) >> 3) ^ (row & 7)) << 3) + (col & 7);
 }
+
+// Element offset of m64 slice mt (rows 64*mt...) of a K-major SW128 tile: whole 8-row atoms, so the
+// slice has the tile's layout and descriptor strides.
+__host__ __device__ constexpr int m64_slice(int mt) { return mt * 64 * 64; }
 
 template <int kRows>
 struct Sw128Layout {
@@ -96,7 +102,7 @@ __device__ __forceinline__ void issue_qk(const typename Cfg::T* sQ, int mt, cons
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < Cfg::D / 16; ++kk)
-    mma_ss<SsOp<T, NK>>(kmajor_desc<T, Cfg::kPrefillRows>(sQ + mt * 64 * 64, kk),
+    mma_ss<SsOp<T, NK>>(kmajor_desc<T, Cfg::kPrefillRows>(sQ + m64_slice(mt), kk),
                         kmajor_desc<T, NK>(sK, kk), sf,
                         kk == 0 ? cute::SM90::GMMA::ScaleOut::Zero : cute::SM90::GMMA::ScaleOut::One,
                         std::make_index_sequence<NK / 2>{});

@@ -8,14 +8,20 @@
 
 namespace pod {
 
+constexpr int kMaxDevices = 64;
+
+inline int current_device() {
+  int dev = 0;
+  return cudaGetDevice(&dev) == cudaSuccess && dev < kMaxDevices ? dev : -1;
+}
+
 // Whether the current device runs the Hopper configuration: builds with -DPOD_WGMMA_PREFILL
 // (setup.py adds it when compiling for sm_90a) on a compute capability 9.0 device.
 inline bool hopper_device() {
 #ifdef POD_WGMMA_PREFILL
-  constexpr int kMaxDevices = 64;
   static int cached[kMaxDevices] = {};  // 0: not asked yet, 1: no, 2: yes
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev >= kMaxDevices) return false;
+  const int dev = current_device();
+  if (dev < 0) return false;
   if (cached[dev] == 0) {
     int major = 0, minor = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
@@ -34,10 +40,15 @@ cudaError_t with_config(F&& f) {
   return hopper_device() ? f(TileConfig<T, D, true>{}) : f(TileConfig<T, D, false>{});
 }
 
+// The kernel's dynamic shared memory limit is a per-device attribute: raised once per device.
 template <class Cfg>
 cudaError_t raise_smem_limit() {
-  static const cudaError_t e = cudaFuncSetAttribute(
+  static bool raised[kMaxDevices] = {};
+  const int dev = current_device();
+  if (dev >= 0 && raised[dev]) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(
       pod_attention_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Cfg::kSmemAlloc));
+  if (e == cudaSuccess && dev >= 0) raised[dev] = true;
   return e;
 }
 

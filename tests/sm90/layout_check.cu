@@ -20,22 +20,26 @@ static int failures = 0;
 
 alignas(1024) static T buf[256 * 256];
 
-// K-major tile [kRows x kD] (Q as A, K as B): offsets, and per 16-column step the descriptor strides
-// and the start offset our kmajor_desc uses.
-template <int kRows, int kD>
+// K-major tile [kRows x kD] (Q as A, K as B): offsets, and per m-slice of kSliceRows rows (the
+// wgmma A operand is 64 rows) and 16-column step, the descriptor strides and the start offset
+// issue_qk uses (m64_slice, then kmajor_desc's column step).
+template <int kRows, int kD, int kSliceRows = kRows>
 void check_kmajor() {
   Tensor t = make_tensor(make_smem_ptr(buf), tile_to_shape(Layout_K_SW128_Atom<T>{}, Shape<Int<kRows>, Int<kD>>{}));
   for (int r = 0; r < kRows; ++r)
     for (int c = 0; c < kD; ++c)
       EXPECT(&t(r, c) - buf == pod::sm90::sw128<kRows>(r, c), "kmajor %dx%d (%d,%d)\n", kRows, kD, r, c);
-  for (int kk = 0; kk < kD / 16; ++kk) {
-    auto slice = local_tile(t, Shape<Int<kRows>, _16>{}, make_coord(0, kk));
-    GmmaDescriptor d = make_gmma_desc<Major::K>(slice);
-    EXPECT(d.bitfield.layout_type_ == 1 && d.bitfield.leading_byte_offset_ == 16 / 16 &&
-               d.bitfield.stride_byte_offset_ == pod::sm90::kAtomBytes / 16 && d.bitfield.base_offset_ == 0,
-           "kmajor %dx%d kk=%d descriptor strides\n", kRows, kD, kk);
-    EXPECT(&slice(0, 0) - buf == pod::sm90::sw128<kRows>(0, 16 * kk), "kmajor start kk=%d\n", kk);
-  }
+  for (int mt = 0; mt < kRows / kSliceRows; ++mt)
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      auto slice = local_tile(t, Shape<Int<kSliceRows>, _16>{}, make_coord(mt, kk));
+      GmmaDescriptor d = make_gmma_desc<Major::K>(slice);
+      EXPECT(d.bitfield.layout_type_ == 1 && d.bitfield.leading_byte_offset_ == 16 / 16 &&
+                 d.bitfield.stride_byte_offset_ == pod::sm90::kAtomBytes / 16 && d.bitfield.base_offset_ == 0,
+             "kmajor %dx%d mt=%d kk=%d descriptor strides\n", kRows, kD, mt, kk);
+      const int start = pod::sm90::m64_slice(mt) + pod::sm90::sw128<kRows>(0, 16 * kk);
+      EXPECT(&slice(0, 0) - buf == start,
+             "kmajor %dx%d start mt=%d kk=%d\n", kRows, kD, mt, kk);
+    }
 }
 
 // V tile [kKeys x kD] stored by key, read as the MN-major B operand (N = kD, K = keys).
@@ -59,10 +63,12 @@ void check_mnmajor() {
 }
 
 int main() {
-  check_kmajor<64, 64>();   // Q, D=64
-  check_kmajor<64, 128>();  // Q, D=128
-  check_kmajor<64, 256>();  // Q, D=256
-  check_kmajor<32, 256>();  // K, D=256 (32-key tiles)
+  check_kmajor<128, 64, 64>();   // Q, D=64: 128 rows read as two m64 slices
+  check_kmajor<128, 128, 64>();  // Q, D=128
+  check_kmajor<64, 256>();       // Q, D=256 (one m64 tile)
+  check_kmajor<64, 64>();        // K, D=64 and D=128 (64-key tiles)
+  check_kmajor<64, 128>();
+  check_kmajor<32, 256>();       // K, D=256 (32-key tiles)
   check_mnmajor<64, 64>();
   check_mnmajor<64, 128>();
   check_mnmajor<32, 256>();
