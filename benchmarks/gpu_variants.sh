@@ -2,7 +2,7 @@
 # On a GPU machine: build each kernel variant, check it, and time it, in one go (METHOD.md: one
 # script that builds, checks and times several variants in one call).
 #
-#   benchmarks/gpu_variants.sh "shipped:" "simt:POD_WGMMA_PREFILL=0" "simt-two-mtiles:POD_WGMMA_PREFILL=0 -DPOD_PREFILL_MTILES=2 -DPOD_PREFILL_KEYS=32"
+#   benchmarks/gpu_variants.sh "shipped:" "overlap:-DPOD_SM90_INTRA_WG_OVERLAP=1" "simt:POD_WGMMA_PREFILL=0"
 #
 # Each NAME:FLAGS is built with the VAR=value words of FLAGS in the environment and the others as
 # POD_NVCC_FLAGS, then: the GPU kernel tests (grid, fuzz, graphs),

@@ -48,14 +48,14 @@ struct WarpState {
   }
 };
 
-// Masks (kMask) and folds one tile's raw scores s of m-tile mt into the running softmax state; on
+// Masks (kMask) and folds one tile's raw scores s of m-tile mt into the running max and sum; on
 // return s holds the tile's probabilities, unnormalised (exp2 of scaled scores minus the running
-// max). pos: the sequence positions of this thread's two rows.
+// max), and alpha the factor by which the m-tile's o must be rescaled (rescale_o) before this
+// tile's P V is added. pos: the sequence positions of this thread's two rows.
 template <class Cfg, int M, int NK, bool kMask>
-__device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int mt,
-                                                      float (&s)[NK / 8][4], int key0, int kv_end,
-                                                      const int (&pos)[2], float scale_log2) {
-  constexpr int D = Cfg::D;
+__device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, float (&s)[NK / 8][4],
+                                               int key0, int kv_end, const int (&pos)[2],
+                                               float scale_log2, float (&alpha)[2]) {
   const int lane = threadIdx.x & 31;
   if constexpr (kMask) {
 #pragma unroll
@@ -77,7 +77,7 @@ __device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
     // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives exact zeros.
     const float base = mx == -INFINITY ? 0.f : mx * scale_log2;
-    const float alpha = exp2f(st.m[mt][r] * scale_log2 - base);
+    alpha[r] = exp2f(st.m[mt][r] * scale_log2 - base);
     st.m[mt][r] = mx;
     float sum = 0.f;
 #pragma unroll
@@ -86,13 +86,29 @@ __device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int
       s[j][2 * r + 1] = exp2f(fmaf(s[j][2 * r + 1], scale_log2, -base));
       sum += s[j][2 * r] + s[j][2 * r + 1];
     }
-    st.l[mt][r] = st.l[mt][r] * alpha + sum;
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      st.o[mt][j][2 * r] *= alpha;
-      st.o[mt][j][2 * r + 1] *= alpha;
-    }
+    st.l[mt][r] = st.l[mt][r] * alpha[r] + sum;
   }
+}
+
+template <class Cfg, int M>
+__device__ __forceinline__ void rescale_o(WarpState<Cfg, M>& st, int mt, const float (&alpha)[2]) {
+#pragma unroll
+  for (int j = 0; j < Cfg::D / 8; ++j) {
+    st.o[mt][j][0] *= alpha[0];
+    st.o[mt][j][1] *= alpha[0];
+    st.o[mt][j][2] *= alpha[1];
+    st.o[mt][j][3] *= alpha[1];
+  }
+}
+
+// online_softmax with the rescale of o applied at once.
+template <class Cfg, int M, int NK, bool kMask>
+__device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int mt,
+                                                      float (&s)[NK / 8][4], int key0, int kv_end,
+                                                      const int (&pos)[2], float scale_log2) {
+  float alpha[2];
+  online_softmax<Cfg, M, NK, kMask>(st, mt, s, key0, kv_end, pos, scale_log2, alpha);
+  rescale_o<Cfg, M>(st, mt, alpha);
 }
 
 // The A fragment (16 rows x 16 keys) of P for keys [16*kk, 16*kk+16): the accumulators of two

@@ -19,6 +19,12 @@
 #if defined(POD_WGMMA_PREFILL)
 #include <cute/arch/mma_sm90.hpp>
 
+// Tuning switch: 1 runs Hopper prefill items through hopper_prefill_loop (pod_kernel.cuh), which
+// overlaps each tile's P V with the next tile's scores and softmax (a candidate, not yet measured).
+#ifndef POD_SM90_INTRA_WG_OVERLAP
+#define POD_SM90_INTRA_WG_OVERLAP 0
+#endif
+
 namespace pod::sm90 {
 
 // Element offset of (row, col) in a [kRows x D] tile stored in the SW128 layout.
@@ -123,6 +129,14 @@ __device__ __forceinline__ void issue_pv(const uint32_t (&p)[NK / 16][4], const 
     mma_rs<RsOp<T, Cfg::D>>(p[kk], mnmajor_desc<T, NK, Cfg::D>(sV, kk), of,
                             std::make_index_sequence<Cfg::D / 2>{});
   cute::warpgroup_commit_batch();
+}
+
+// S = Q K^T of every m64 tile of sQ against the NK keys of sK, one wgmma group per m-tile.
+template <class Cfg, int NK>
+__device__ __forceinline__ void issue_scores(const typename Cfg::T* sQ, const typename Cfg::T* sK,
+                                             float (&s)[Cfg::kPrefillMTiles][NK / 8][4]) {
+#pragma unroll
+  for (int mt = 0; mt < Cfg::kPrefillMTiles; ++mt) issue_qk<Cfg, NK>(sQ, mt, sK, s[mt]);
 }
 
 // The whole CTA (one warpgroup), one K/V tile: the kPrefillMTiles m64 tiles of query rows in sQ
