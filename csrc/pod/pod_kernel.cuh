@@ -21,8 +21,9 @@ namespace pod {
 
 #if defined(POD_HOPPER_PREFILL) && POD_SM90_INTRA_WG_OVERLAP
 // The K/V loop of a Hopper prefill item with FA3's intra-warpgroup overlap: iteration t issues
-// S_{t+1} = Q K_{t+1}^T and then P_t V_t back to back, and computes softmax_{t+1} while P_t V_t
-// runs; the rescale of o that softmax_{t+1} asks for waits until P_t V_t has retired. Nothing is in
+// S_{t+1} = Q K_{t+1}^T and then P_t V_t back to back, and computes softmax_{t+1} (m-tile 0 as soon
+// as its S is done) while the rest runs; the rescale of o that softmax_{t+1} asks for waits until
+// P_t V_t has retired. Nothing is in
 // flight across the loop's back edge (ptxas serialises wgmma otherwise). K and V are copied one
 // iteration ahead of their use, in separate stages: K_{t+2} and V_{t+1} in iteration t.
 template <class Cfg, class KStage, class VStage>
@@ -36,15 +37,27 @@ __device__ __forceinline__ void hopper_prefill_loop(const PodParams& p, const Wo
   float s[M][NK / 8][4];
   uint32_t pv[M][NK / 16][4];  // P of the tile whose P V is issued next
   float alpha[M][2];           // and the rescale of o that must precede it
-  auto softmax = [&](int t) {  // S_t -> P_t (into s), alpha, running max and sum
+  // S_t of m-tile mt -> P_t (into s), alpha, running max and sum.
+  auto softmax = [&](int t, int mt) {
     const int key0 = it.kv_start + t * NK;
-#pragma unroll
-    for (int mt = 0; mt < M; ++mt) {
-      sm90::fence_accumulators<NK / 2>(&s[mt][0][0]);
-      if (key0 > mask_from)
-        online_softmax<Cfg, M, NK, true>(st, mt, s[mt], key0, it.kv_end, row_pos[mt], p.scale_log2, alpha[mt]);
-      else
-        online_softmax<Cfg, M, NK, false>(st, mt, s[mt], key0, it.kv_end, row_pos[mt], p.scale_log2, alpha[mt]);
+    sm90::fence_accumulators<NK / 2>(&s[mt][0][0]);
+    if (key0 > mask_from)
+      online_softmax<Cfg, M, NK, true>(st, mt, s[mt], key0, it.kv_end, row_pos[mt], p.scale_log2, alpha[mt]);
+    else
+      online_softmax<Cfg, M, NK, false>(st, mt, s[mt], key0, it.kv_end, row_pos[mt], p.scale_log2, alpha[mt]);
+  };
+  // Each m-tile's softmax starts as soon as its own S is done; kPending more groups may still run
+  // (the other S, and P V when called in the loop). Groups retire in order of issue.
+  auto softmax_as_ready = [&](int t, auto pending) {
+    constexpr int kPending = decltype(pending)::value;
+    if constexpr (M == 2) {
+      cute::warpgroup_wait<kPending + 1>();
+      softmax(t, 0);
+      cute::warpgroup_wait<kPending>();
+      softmax(t, 1);
+    } else {
+      cute::warpgroup_wait<kPending>();
+      softmax(t, 0);
     }
   };
   auto pack_p = [&] {
@@ -75,8 +88,7 @@ __device__ __forceinline__ void hopper_prefill_loop(const PodParams& p, const Wo
   fence_proxy_async();
   __syncthreads();  // Q and K_0 have landed
   sm90::issue_scores<Cfg, NK>(sQ, sK(0), s);
-  cute::warpgroup_wait<0>();
-  softmax(0);
+  softmax_as_ready(0, std::integral_constant<int, 0>{});
   pack_p();
   for (int t = 0; t + 1 < num_tiles; ++t) {
     cp_async_wait<0>();
@@ -88,10 +100,9 @@ __device__ __forceinline__ void hopper_prefill_loop(const PodParams& p, const Wo
     if (t + 2 < num_tiles)
       load_kv_tile<Cfg, NK, Layout, true, false>(sK(t & 1), sV(0), p, it, it.kv_start + (t + 2) * NK);
     cp_async_commit();
-    sm90::issue_scores<Cfg, NK>(sQ, sK((t + 1) & 1), s);  // S_{t+1}: M groups
-    rescale_and_issue_pv(t);                             // P_t V_t: M more
-    cute::warpgroup_wait<M>();                           // S_{t+1} done, P_t V_t may run on
-    softmax(t + 1);
+    sm90::issue_scores<Cfg, NK>(sQ, sK((t + 1) & 1), s);      // S_{t+1}: M groups
+    rescale_and_issue_pv(t);                                 // P_t V_t: M more, run under...
+    softmax_as_ready(t + 1, std::integral_constant<int, M>{});  // ...softmax_{t+1}
     retire_pv();
     pack_p();
   }
