@@ -24,12 +24,13 @@ from vllm_pod.build_paths import cute_include_dir  # noqa: E402
 extra_flags = os.environ.get("POD_NVCC_FLAGS", "").split()
 include_dirs = [os.path.abspath("csrc")]
 if "9.0a" in os.environ["TORCH_CUDA_ARCH_LIST"] and os.environ.get("POD_WGMMA_PREFILL", "1") != "0":
-    if cute_include_dir() is None:
+    cute = cute_include_dir()
+    if cute is None:
         print("vllm-pod: CuTe headers not found (install flashinfer-python); sm_90a gets the mma.sync "
               "prefill tile", file=sys.stderr)
     else:
         extra_flags.append("-DPOD_WGMMA_PREFILL")
-        include_dirs.append(cute_include_dir())
+        include_dirs.append(cute)
 
 ext = CUDAExtension(
     name="vllm_pod._C",

@@ -155,8 +155,7 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
   float s[M][NK / 8][4];
   uint32_t p[M][NK / 16][4];
 
-#pragma unroll
-  for (int mt = 0; mt < M; ++mt) issue_qk<Cfg, NK>(sQ, mt, sK, s[mt]);
+  issue_scores<Cfg, NK>(sQ, sK, s);
 #pragma unroll
   for (int mt = 0; mt < M; ++mt) {
     // S_mt is done when only the group issued after it may be pending (S_1, then P_0 V).

@@ -23,9 +23,9 @@ namespace pod {
 // The K/V loop of a Hopper prefill item with FA3's intra-warpgroup overlap: iteration t issues
 // S_{t+1} = Q K_{t+1}^T and then P_t V_t back to back, and computes softmax_{t+1} (m-tile 0 as soon
 // as its S is done) while the rest runs; the rescale of o that softmax_{t+1} asks for waits until
-// P_t V_t has retired. Nothing is in
-// flight across the loop's back edge (ptxas serialises wgmma otherwise). K and V are copied one
-// iteration ahead of their use, in separate stages: K_{t+2} and V_{t+1} in iteration t.
+// P_t V_t has retired. Nothing is in flight across the loop's back edge (ptxas serialises wgmma
+// otherwise). K and V are copied one iteration ahead of their use, in separate stages: K_{t+2} and
+// V_{t+1} in iteration t.
 template <class Cfg, class KStage, class VStage>
 __device__ __forceinline__ void hopper_prefill_loop(const PodParams& p, const WorkItem& it,
                                                     WarpState<Cfg, Cfg::kPrefillMTiles>& st,
