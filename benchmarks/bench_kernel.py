@@ -88,15 +88,12 @@ class FA3:
         return self.out
 
 
-def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters, pod_only=False):
+def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters):
     b = make_batch([dec_ctx] * n_dec, [(chunk, prefix + chunk)], device="cuda", seed=chunk + prefix + n_dec,
                    **SHAPE)
     plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=n_dec)
     out = torch.full_like(b.query, float("nan"))
     run_pod = lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
-    if pod_only:  # tuning builds: POD's time alone, no vLLM needed (correctness is the tests' job)
-        return dict(chunk=chunk, prefix=prefix, decodes=n_dec, decode_ctx=dec_ctx,
-                    pod_us=time_graph(run_pod, iters))
     fa3_all, fa3_pre, fa3_dec = FA3(b, slice(0, n_dec + 1)), FA3(b, slice(n_dec, n_dec + 1)), FA3(b, slice(0, n_dec))
 
     run_pod()
@@ -122,6 +119,31 @@ def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters, pod_only=False):
                 decode_tbps_fa3_alone=decode_bytes / t["fa3_decode"] / 1e6, max_abs_err_vs_fa3=err)
 
 
+def pod_times(chunk, prefix, n_dec, dec_ctx, planners, iters):
+    """POD's time alone under each planner (tuning: no vLLM needed; correctness is the tests' job)."""
+    b = make_batch([dec_ctx] * n_dec, [(chunk, prefix + chunk)], device="cuda", seed=chunk + prefix + n_dec,
+                   **SHAPE)
+    out = torch.full_like(b.query, float("nan"))
+    times = []
+    for planner in planners:
+        plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=n_dec)
+        times.append(time_graph(lambda: pod_attention(out, b.query, b.key_cache, b.value_cache,
+                                                      b.block_table, plan, b.scale), iters))
+    return times
+
+
+def parse_planner(text: str) -> dict[str, int]:
+    """'prefill=2,min_decode_slots=0' -> {'prefill': 2, 'min_decode_slots': 0}"""
+    return {k: int(v) for k, v in (kv.split("=") for kv in text.split(","))}
+
+
+def planner_kwargs(opts: dict[str, int] | None) -> dict:
+    """PodPlanner arguments from --planner options (prefill/decode: KV-split items per CTA slot)."""
+    opts = dict(opts or {})
+    split = {kind: opts.pop(kind) for kind in ("prefill", "decode") if kind in opts}
+    return dict(split_items_per_slot=split or None, **opts)
+
+
 def geomean(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
@@ -135,22 +157,34 @@ def main():
     ap.add_argument("--only", metavar="CHUNK,PREFIX,DECODES,CTX",
                     help="this one batch instead of the grid (decodes may be 0 with --pod-only); "
                          "with a profiler: ncu -k regex:pod_attention -c 1 python -m ... --pod-only --only ...")
+    ap.add_argument("--planner", action="append", type=parse_planner, metavar="KEY=N,...",
+                    help="planner options: prefill=N / decode=N (KV-split items per CTA slot), "
+                         "min_decode_slots=N; with --pod-only, repeat it to time each planner on the "
+                         "same batches")
     args = ap.parse_args()
+    if args.planner and len(args.planner) > 1 and not args.pod_only:
+        ap.error("several --planner options need --pod-only")
 
     props = torch.cuda.get_device_properties(0)
-    planner = PodPlanner(num_q_heads=SHAPE["num_q_heads"], num_kv_heads=SHAPE["num_kv_heads"],
-                         head_dim=SHAPE["head_dim"], block_size=SHAPE["block_size"],
-                         num_sms=props.multi_processor_count,
-                         ctas_per_sm=device_ctas_per_sm(SHAPE["dtype"], SHAPE["head_dim"]),
-                         max_num_reqs=256, max_num_tokens=4096, device="cuda",
-                         prefill_rows=device_prefill_tile_rows(SHAPE["dtype"], SHAPE["head_dim"]))
+    planners = [PodPlanner(num_q_heads=SHAPE["num_q_heads"], num_kv_heads=SHAPE["num_kv_heads"],
+                           head_dim=SHAPE["head_dim"], block_size=SHAPE["block_size"],
+                           num_sms=props.multi_processor_count,
+                           ctas_per_sm=device_ctas_per_sm(SHAPE["dtype"], SHAPE["head_dim"]),
+                           max_num_reqs=256, max_num_tokens=4096, device="cuda",
+                           prefill_rows=device_prefill_tile_rows(SHAPE["dtype"], SHAPE["head_dim"]),
+                           **planner_kwargs(opts))
+                for opts in args.planner or [None]]
+    planner = planners[0]
     grid = list(itertools.product(CHUNKS, PREFIXES, NUM_DECODES, DECODE_CTX))
     grid = [tuple(int(x) for x in args.only.split(","))] if args.only else grid[::args.stride]
     if args.pod_only:
-        times = [bench_config(*cfg, planner, args.iters, pod_only=True)["pod_us"] for cfg in grid]
-        for cfg, t in zip(grid, times):
-            print(f"chunk={cfg[0]:5d} prefix={cfg[1]:5d} dec={cfg[2]:3d}x{cfg[3]:5d}  pod {t:8.1f}us")
-        print(f"prefill rows {planner.prefill_rows}: geomean pod_us {geomean(times):.1f}")
+        names = [",".join(f"{k}={v}" for k, v in (o or {}).items()) or "default" for o in args.planner or [None]]
+        times = [pod_times(*cfg, planners, args.iters) for cfg in grid]
+        for cfg, ts in zip(grid, times):
+            print(f"chunk={cfg[0]:5d} prefix={cfg[1]:5d} dec={cfg[2]:3d}x{cfg[3]:5d}  pod us "
+                  + "  ".join(f"{n} {t:8.1f}" for n, t in zip(names, ts)))
+        print(f"prefill rows {planner.prefill_rows}: geomean pod_us "
+              + "  ".join(f"{n} {geomean([ts[i] for ts in times]):.1f}" for i, n in enumerate(names)))
         return
     rows = []
     for i, cfg in enumerate(grid):
@@ -168,7 +202,8 @@ def main():
     summary = dict(
         gpu=props.name, date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
         shape={k: str(v) for k, v in SHAPE.items()}, ctas_per_sm=planner.ctas_per_sm,
-        prefill_tile_rows=planner.prefill_rows,
+        prefill_tile_rows=planner.prefill_rows, split_targets=planner.split_targets,
+        min_decode_slots=planner.min_decode_slots,
         configs=len(rows), geomean_pod_over_fa3=geomean([r["pod_over_fa3"] for r in rows]),
         geomean_pod_over_ideal=geomean([r["pod_over_ideal"] for r in rows]),
         geomean_fa3_over_ideal=geomean([r["fa3_over_ideal"] for r in rows]),

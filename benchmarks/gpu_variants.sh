@@ -2,12 +2,13 @@
 # On a GPU machine: build each kernel variant, check it, and time it, in one go (METHOD.md: one
 # script that builds, checks and times several variants in one call).
 #
-#   benchmarks/gpu_variants.sh "shipped:" "overlap:-DPOD_SM90_INTRA_WG_OVERLAP=1" "simt:POD_WGMMA_PREFILL=0"
+#   benchmarks/gpu_variants.sh "shipped:" "simt:POD_WGMMA_PREFILL=0"
 #
 # Each NAME:FLAGS is built with the VAR=value words of FLAGS in the environment and the others as
 # POD_NVCC_FLAGS, then: the GPU kernel tests (grid, fuzz, graphs),
 # compute-sanitizer memcheck on one hybrid batch, and POD's time on every STRIDE-th benchmark config
-# (no vLLM needed). Logs go to $OUT (or /tmp/pod-variants); a summary table ends the output.
+# (no vLLM needed; BENCH_ARGS adds bench_kernel options, e.g. "--planner prefill=1 --planner prefill=4"
+# to time several planners). Logs go to $OUT (or /tmp/pod-variants); a summary table ends the output.
 # With BENCH=1 each variant instead runs the full benchmark against FA3 (needs vLLM), writing
 # kernel_NAME.csv/.json there.
 set -uo pipefail
@@ -37,7 +38,7 @@ for spec in "$@"; do
   fi
   tests=$(timeout 300 python3 -m pytest -q -m gpu tests/test_kernel_gpu.py -x 2>&1 | tee "$out/tests_$name.log" | tail -1)
   memcheck=$(timeout 120 compute-sanitizer --tool memcheck python3 tests/sanitize_batch.py 2>&1 | tee "$out/memcheck_$name.log" | grep "ERROR SUMMARY")
-  timing=$(timeout 200 python3 -m benchmarks.bench_kernel --out /tmp/unused.csv --pod-only --stride "$stride" 2>&1 | tee "$out/pod_$name.txt" | tail -1)
+  timing=$(timeout 300 python3 -m benchmarks.bench_kernel --out /tmp/unused.csv --pod-only --stride "$stride" ${BENCH_ARGS:-} 2>&1 | tee "$out/pod_$name.txt" | tail -1)
   summary+=("$name [${spec#*:}]: tests: $tests | memcheck: ${memcheck:-none} | $timing")
 done
 printf '%s\n' "${summary[@]}"

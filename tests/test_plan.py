@@ -12,11 +12,12 @@ from vllm_pod.testing import make_batch
 F = {name: i for i, name in enumerate(ITEM_FIELDS)}
 
 
-def planner_for(b, num_sms=4, ctas_per_sm=2, max_num_tokens=4096, max_num_reqs=64, prefill_rows=None):
+def planner_for(b, num_sms=4, ctas_per_sm=2, max_num_tokens=4096, max_num_reqs=64, prefill_rows=None,
+                **options):
     return PodPlanner(num_q_heads=b.query.shape[1], num_kv_heads=b.key_cache.shape[2],
                       head_dim=b.query.shape[2], block_size=b.key_cache.shape[1], num_sms=num_sms,
                       ctas_per_sm=ctas_per_sm, max_num_reqs=max_num_reqs,
-                      max_num_tokens=max_num_tokens, device="cpu", prefill_rows=prefill_rows)
+                      max_num_tokens=max_num_tokens, device="cpu", prefill_rows=prefill_rows, **options)
 
 
 def execute_plan(b, plan):
@@ -145,6 +146,23 @@ def test_prefill_splits_only_below_one_item_per_slot():
                    dtype=torch.float32)
     plan = planner.plan(b.query_start_loc, b.seq_lens)
     assert plan.num_decode_items > 10 and (plan.items[:, F["num_splits"]] > 1).all()
+
+
+def test_split_targets_and_decode_slots_are_options():
+    # 12 prefill tiles on 8 slots: whole at one item per slot (above), split at four per slot.
+    b = make_batch([], [(48, 3000)] * 2, num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    planner = planner_for(b, num_sms=4, ctas_per_sm=2, prefill_rows=64,
+                          split_items_per_slot={"prefill": 4})
+    plan = planner.plan(b.query_start_loc, b.seq_lens)
+    assert plan.num_prefill_items > 16 and (plan.items[:, F["num_splits"]] > 1).all()
+    check_invariants(b, plan, planner)
+    # A small decode share: one decode-first CTA per SM by default, none with min_decode_slots=0.
+    b = make_batch([16], [(2048, 4096)], num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    for min_slots in (1, 0):
+        plan = planner_for(b, ctas_per_sm=4, min_decode_slots=min_slots).plan(b.query_start_loc, b.seq_lens)
+        assert plan.decode_slots_per_sm == min_slots
 
 
 def test_many_items_are_not_split():

@@ -66,8 +66,13 @@ class PodPlanner:
 
     def __init__(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
                  num_sms: int, ctas_per_sm: int, max_num_reqs: int, max_num_tokens: int,
-                 device: torch.device | str, prefill_rows: int | None = None):
-        """prefill_rows: rows of the built kernel's prefill tile (ops.device_prefill_tile_rows)."""
+                 device: torch.device | str, prefill_rows: int | None = None,
+                 split_items_per_slot: dict[str, int] | None = None, min_decode_slots: int = 1):
+        """prefill_rows: rows of the built kernel's prefill tile (ops.device_prefill_tile_rows).
+        split_items_per_slot: per kind, the KV-split target (SPLIT_ITEMS_PER_SLOT by default).
+        min_decode_slots: CTAs per SM that start on decode work whenever a batch has both kinds
+        (1: decodes always run beside prefill; 0: a small decode share may wait for the prefill
+        tail, where it fills the CTAs that run out of prefill items)."""
         if num_kv_heads <= 0 or num_q_heads % num_kv_heads:
             raise ValueError(f"num_q_heads {num_q_heads} must be a multiple of num_kv_heads {num_kv_heads}")
         self.num_kv_heads = num_kv_heads
@@ -77,6 +82,7 @@ class PodPlanner:
         self.num_sms = num_sms
         self.ctas_per_sm = ctas_per_sm
         self.device = torch.device(device)
+        self.min_decode_slots = min_decode_slots
 
         self.prefill_rows = prefill_rows or DEFAULT_PREFILL_TILE_ROWS
         slots = num_sms * ctas_per_sm
@@ -86,7 +92,8 @@ class PodPlanner:
             for rows in (self.prefill_rows, DECODE_TILE_ROWS)) * num_kv_heads
         # Splitting happens only while a kind has fewer items than its target (at most 2 per slot),
         # so it adds at most that many pieces again.
-        self.split_targets = {kind: n * slots for kind, n in SPLIT_ITEMS_PER_SLOT.items()}
+        per_slot = {**SPLIT_ITEMS_PER_SLOT, **(split_items_per_slot or {})}
+        self.split_targets = {kind: n * slots for kind, n in per_slot.items()}
         self.split_target = max(self.split_targets.values())
         self.max_items = base + 2 * self.split_target
         self.max_split_rows = 2 * self.split_target * self.prefill_rows
@@ -252,7 +259,7 @@ class PodPlanner:
         t_prefill = float((4 * rows * keys(prefill)).sum()) * self.head_dim / PREFILL_FLOPS_PER_S
         t_decode = float((4 * keys(decode)).sum()) * self.head_dim / DECODE_BYTES_PER_S
         share = t_decode / (t_prefill + t_decode)
-        return int(min(self.ctas_per_sm - 1, max(1, round(share * self.ctas_per_sm))))
+        return int(min(self.ctas_per_sm - 1, max(self.min_decode_slots, round(share * self.ctas_per_sm))))
 
     def _stage(self, items: np.ndarray, n_prefill: int, n_decode: int, decode_slots: int) -> PodPlan:
         n = PLAN_HEADER_INTS + items.size

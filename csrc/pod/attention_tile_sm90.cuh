@@ -19,12 +19,6 @@
 #if defined(POD_WGMMA_PREFILL)
 #include <cute/arch/mma_sm90.hpp>
 
-// Tuning switch: 1 runs Hopper prefill items through hopper_prefill_loop (pod_kernel.cuh), which
-// overlaps each tile's P V with the next tile's scores and softmax (a candidate, not yet measured).
-#ifndef POD_SM90_INTRA_WG_OVERLAP
-#define POD_SM90_INTRA_WG_OVERLAP 0
-#endif
-
 namespace pod::sm90 {
 
 // Element offset of (row, col) in a [kRows x D] tile stored in the SW128 layout.

@@ -35,8 +35,7 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
 // column chunk of kKeysPerThread consecutive keys, which lie in one page (tile starts are multiples
 // of kKeys, and kKeysPerThread divides 16, the smallest block size): one block-table read per
 // thread and tile instead of one per key (11% faster over the benchmark grid on an H100).
-// kK / kV: which of the two to copy (the Hopper prefill loop copies them one tile apart).
-template <class Cfg, int kKeys, class Layout, bool kK = true, bool kV = true>
+template <class Cfg, int kKeys, class Layout>
 __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
                                              const PodParams& p, const WorkItem& it,
                                              int tile_start) {
@@ -55,8 +54,8 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 #pragma unroll
   for (int j = 0; j < kKeysPerThread; ++j) {
     const bool valid = pos0 + j < it.kv_end;
-    if constexpr (kK) cp_async_16(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
-    if constexpr (kV) cp_async_16(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
+    cp_async_16(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
+    cp_async_16(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
   }
 }
 
