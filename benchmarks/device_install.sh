@@ -13,8 +13,10 @@ if ! python3 setup.py build_ext --inplace >/tmp/vllm_pod_build.log 2>&1; then
   tail -40 /tmp/vllm_pod_build.log >&2
   exit 1
 fi
-info=$site/vllm_pod_plugin-0.0.dist-info
+version=$(python3 setup.py --version 2>/dev/null | tail -1)
+info=$site/vllm_pod-$version.dist-info
 mkdir -p "$info"
-printf 'Metadata-Version: 2.1\nName: vllm-pod-plugin\nVersion: 0.0\n' >"$info/METADATA"
+# Named as the package, so importlib.metadata (the serving harness's version record) finds it.
+printf 'Metadata-Version: 2.1\nName: vllm-pod\nVersion: %s\n' "$version" >"$info/METADATA"
 printf '[vllm.general_plugins]\npod = vllm_pod:register\n' >"$info/entry_points.txt"
 echo "vllm-pod: extension built, entry point declared in $info"

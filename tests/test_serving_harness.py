@@ -27,7 +27,7 @@ from benchmarks.serving.model_dir import available_models, load_model_config, ma
 from benchmarks.serving.report import write_report
 from benchmarks.serving.results import METRICS, compare, format_markdown, load_records
 from benchmarks.serving.server import ServerProcess
-from benchmarks.serving.soak import MemoryCheck, verdict
+from benchmarks.serving.soak import MemoryCheck, verdict, without_per_request
 from benchmarks.serving.sweep import ServerSettings, plan
 from benchmarks.serving.runner import Options
 from benchmarks.serving.workloads import WORKLOADS_DIR, load_workload, workload_from_dict
@@ -345,6 +345,13 @@ def test_soak_verdict_counts_failures_log_errors_and_memory():
     assert verdict(ok, 20, [], growing)["checks"]["GPU memory flat after warm-up"] is False
     assert verdict(ok, 20, [], MemoryCheck(10, 256, []))["checks"]["GPU memory flat after warm-up"] is None
     assert verdict(ok, 20, [], MemoryCheck(10, 256, [(11, 1), (12, 1)]))["passed"]
+
+
+def test_soak_result_is_saved_without_per_request_lists():
+    detailed = json.loads((RUNS / "llama-3-8b__chunk1024__POD__soak__rate10.json").read_text())
+    slim = without_per_request(detailed)
+    assert "errors" in detailed and "errors" not in slim and "ttfts" not in slim
+    assert slim["completed"] == detailed["completed"] and slim["p99_ttft_ms"] == detailed["p99_ttft_ms"]
 
 
 def test_log_scan_finds_errors_but_not_ordinary_lines():

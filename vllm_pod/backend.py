@@ -54,7 +54,8 @@ logger = init_logger("vllm.pod.backend")
 # Proof that the fused path ran, for tests and end-to-end checks in this process:
 # "hybrid_batches" counts batches the builder planned for the fused kernel (one per step and KV
 # cache group), "fused_calls" counts kernel launches (one per attention layer of such a step).
-# Across processes, the per-batch debug line below (VLLM_LOGGING_LEVEL=DEBUG) says the same.
+# Across processes, the per-batch debug line below (VLLM_LOGGING_LEVEL=DEBUG) says the same, and
+# an INFO line counts them (after the 1st, 10th and every 10000th).
 POD_STATS: Counter[str] = Counter()
 
 
@@ -188,6 +189,10 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
             # CPU lengths only: no device->host sync. Padding rows (query length 0) get no work.
             plan = self.planner.plan(cm.query_start_loc_cpu, compat.seq_lens_cpu(cm), num_decodes)
             POD_STATS["hybrid_batches"] += 1
+            if POD_STATS["hybrid_batches"] in (1, 10) or POD_STATS["hybrid_batches"] % 10000 == 0:
+                # At INFO, so a serving log shows the fused path ran without debug logging.
+                logger.info("POD: %d hybrid batches planned for the fused kernel so far",
+                            POD_STATS["hybrid_batches"])
             logger.debug("POD fused batch: %d decodes, %d prefills (%d tokens), %d prefill + %d "
                          "decode work items", num_decodes, num_prefills, num_prefill_tokens,
                          plan.num_prefill_items, plan.num_decode_items)

@@ -69,6 +69,13 @@ class MemoryCheck:
         return None if spread is None else spread <= self.tolerance_mib
 
 
+def without_per_request(result: dict) -> dict:
+    """The result JSON without its per-request lists (lengths, latencies, texts, errors: a few MB for
+    1000 requests), as `run` saves it; the soak's verdict keeps what it needs of them."""
+    n = result.get("num_prompts")
+    return {k: v for k, v in result.items() if not (isinstance(v, list) and len(v) == n)}
+
+
 def verdict(result: dict | None, num_prompts: int, log_errors: list[str], memory: MemoryCheck) -> dict:
     """The soak's findings from the result JSON (saved with --save-detailed) and the checks."""
     result = result or {}
@@ -147,7 +154,9 @@ def run_soak(
         # Read the log before stopping: shutdown messages are not the soak's errors.
         log_text = server.log_text()
         if outcome.result:
-            result = json.loads((opts.results_dir / outcome.result).read_text(encoding="utf-8"))
+            path = opts.results_dir / outcome.result
+            result = json.loads(path.read_text(encoding="utf-8"))
+            path.write_text(json.dumps(without_per_request(result), indent=2) + "\n", encoding="utf-8")
     except ServerError as err:
         log_text = f"ERROR server did not start: {err}\n" + server.log_text()
         outcome = None
