@@ -84,12 +84,16 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       }
     } else if constexpr (kWgmma) {
 #ifdef POD_HOPPER_PREFILL
-      if (masked)
-        sm90::warpgroup_attend<Cfg, kKeys, true>(st, sQ, sK(stage), sV(stage), tile_start,
-                                                 it.kv_end, row_pos, p.scale_log2);
-      else
-        sm90::warpgroup_attend<Cfg, kKeys, false>(st, sQ, sK(stage), sV(stage), tile_start,
-                                                  it.kv_end, row_pos, p.scale_log2);
+      const int wg = Cfg::kPrefillWarpgroups > 1 ? warp / 4 : 0;
+      if (wg == 0 || Cfg::prefill_row(4 * wg, 0) < used) {  // a warpgroup of padding rows skips
+        const T* sQ_wg = sQ + sm90::m64_slice(Cfg::kPrefillMTiles * wg);
+        if (masked)
+          sm90::warpgroup_attend<Cfg, kKeys, true>(st, sQ_wg, sK(stage), sV(stage), tile_start,
+                                                   it.kv_end, row_pos, p.scale_log2);
+        else
+          sm90::warpgroup_attend<Cfg, kKeys, false>(st, sQ_wg, sK(stage), sV(stage), tile_start,
+                                                    it.kv_end, row_pos, p.scale_log2);
+      }
 #endif
     } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
       const int row0 = Cfg::prefill_row(warp, 0);
