@@ -86,7 +86,8 @@ int64_t prefill_tile_rows(at::ScalarType dtype, int64_t head_dim) {
 void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                    const at::Tensor& value_cache, const at::Tensor& block_table,
                    const at::Tensor& plan, at::Tensor& counters, at::Tensor& workspace,
-                   double softmax_scale, int64_t ctas_per_sm, int64_t num_sms) {
+                   double softmax_scale, int64_t ctas_per_sm, int64_t num_sms,
+                   int64_t plan_prefill_rows) {
   const at::Tensor* all[] = {&out, &query, &key_cache, &value_cache, &block_table, &plan, &counters, &workspace};
   for (const at::Tensor* t : all)
     TORCH_CHECK(t->is_cuda() && t->device() == query.device(),
@@ -149,6 +150,11 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   p.ctas_per_sm = static_cast<int>(ctas_per_sm);
 
   const c10::cuda::CUDAGuard guard(query.device());
+  // A prefill item taller than the kernel's tile would lose its extra rows: refuse the plan.
+  const int64_t tile_rows = prefill_tile_rows(query.scalar_type(), head_dim);
+  TORCH_CHECK(plan_prefill_rows >= 1 && plan_prefill_rows <= tile_rows, "the plan was made for ",
+              num(plan_prefill_rows), "-row prefill tiles but this GPU's kernel tile has ", num(tile_rows),
+              " rows: make the PodPlanner with prefill_rows=vllm_pod.ops.device_prefill_tile_rows(dtype, head_dim)");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int num_ctas = static_cast<int>(num_sms * ctas_per_sm);
   const cudaError_t e = dispatch<Launch>(query.scalar_type(), head_dim, p, num_ctas, stream);
@@ -161,7 +167,7 @@ TORCH_LIBRARY(vllm_pod, m) {
   m.def(
       "pod_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, "
       "Tensor block_table, Tensor plan, Tensor(b!) counters, Tensor(c!) workspace, "
-      "float softmax_scale, int ctas_per_sm, int num_sms) -> ()");
+      "float softmax_scale, int ctas_per_sm, int num_sms, int plan_prefill_rows) -> ()");
   m.impl("pod_attention", torch::kCUDA, &pod_attention);
   m.def("ctas_per_sm(ScalarType dtype, int head_dim) -> int", &ctas_per_sm);
   m.def("prefill_tile_rows(ScalarType dtype, int head_dim) -> int", &prefill_tile_rows);

@@ -172,3 +172,23 @@ def test_unsupported_inputs_raise_clear_errors(bad, match):
     with pytest.raises(RuntimeError, match=match):
         pod_attention(torch.empty_like(b.query), b.query, b.key_cache, b.value_cache, b.block_table,
                       plan, b.scale)
+
+
+def test_plans_must_fit_the_kernels_prefill_tile():
+    from vllm_pod.ops import device_prefill_tile_rows, pod_attention
+    b = make_batch([300], [(200, 700)], num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,
+                   dtype=torch.bfloat16, device="cuda", seed=7)
+    rows = device_prefill_tile_rows(b.query.dtype, 128)
+    # Taller items than the kernel's tile would lose rows: refused.
+    tall = PodPlanner(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, num_sms=132,
+                      ctas_per_sm=2, max_num_reqs=8, max_num_tokens=1024, device="cuda",
+                      prefill_rows=2 * rows)
+    plan = tall.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=1)
+    with pytest.raises(RuntimeError, match="prefill_rows=vllm_pod.ops.device_prefill_tile_rows"):
+        pod_attention(torch.empty_like(b.query), b.query, b.key_cache, b.value_cache, b.block_table,
+                      plan, b.scale)
+    # Shorter ones only leave part of the tile idle: still exact.
+    short = PodPlanner(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, num_sms=132,
+                       ctas_per_sm=2, max_num_reqs=8, max_num_tokens=1024, device="cuda",
+                       prefill_rows=rows // 2)
+    assert_matches_reference(b, run_pod(b, short))

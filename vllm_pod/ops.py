@@ -30,7 +30,7 @@ def pod_attention(out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tenso
     _load_extension()
     torch.ops.vllm_pod.pod_attention(out, query, key_cache, value_cache, block_table, plan.buffer,
                                      plan.counters, plan.workspace, softmax_scale,
-                                     plan.ctas_per_sm, plan.num_sms)
+                                     plan.ctas_per_sm, plan.num_sms, plan.prefill_rows)
 
 
 @functools.cache

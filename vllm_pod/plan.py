@@ -58,6 +58,7 @@ class PodPlan:
     decode_slots_per_sm: int
     ctas_per_sm: int
     num_sms: int
+    prefill_rows: int         # rows of the prefill items' tile (the kernel's must be at least this)
     items: np.ndarray         # [num_items, ITEM_INTS] host copy (prefill items first), for tests/logs
 
 
@@ -279,4 +280,4 @@ class PodPlanner:
         return PodPlan(buffer=self.buffer, counters=self.counters, workspace=self.workspace,
                        num_prefill_items=n_prefill, num_decode_items=n_decode,
                        decode_slots_per_sm=decode_slots, ctas_per_sm=self.ctas_per_sm,
-                       num_sms=self.num_sms, items=items)
+                       num_sms=self.num_sms, prefill_rows=self.prefill_rows, items=items)
