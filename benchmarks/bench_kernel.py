@@ -119,6 +119,17 @@ def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters):
                 decode_tbps_fa3_alone=decode_bytes / t["fa3_decode"] / 1e6, max_abs_err_vs_fa3=err)
 
 
+def new_planner(**options) -> PodPlanner:
+    """A planner for SHAPE on the current GPU, as the backend makes one."""
+    return PodPlanner(num_q_heads=SHAPE["num_q_heads"], num_kv_heads=SHAPE["num_kv_heads"],
+                      head_dim=SHAPE["head_dim"], block_size=SHAPE["block_size"],
+                      num_sms=torch.cuda.get_device_properties(0).multi_processor_count,
+                      ctas_per_sm=device_ctas_per_sm(SHAPE["dtype"], SHAPE["head_dim"]),
+                      max_num_reqs=256, max_num_tokens=4096, device="cuda",
+                      prefill_rows=device_prefill_tile_rows(SHAPE["dtype"], SHAPE["head_dim"]),
+                      **options)
+
+
 def pod_times(chunk, prefix, n_dec, dec_ctx, planners, iters):
     """POD's time alone under each planner (tuning: no vLLM needed; correctness is the tests' job)."""
     b = make_batch([dec_ctx] * n_dec, [(chunk, prefix + chunk)], device="cuda", seed=chunk + prefix + n_dec,
@@ -166,14 +177,7 @@ def main():
         ap.error("several --planner options need --pod-only")
 
     props = torch.cuda.get_device_properties(0)
-    planners = [PodPlanner(num_q_heads=SHAPE["num_q_heads"], num_kv_heads=SHAPE["num_kv_heads"],
-                           head_dim=SHAPE["head_dim"], block_size=SHAPE["block_size"],
-                           num_sms=props.multi_processor_count,
-                           ctas_per_sm=device_ctas_per_sm(SHAPE["dtype"], SHAPE["head_dim"]),
-                           max_num_reqs=256, max_num_tokens=4096, device="cuda",
-                           prefill_rows=device_prefill_tile_rows(SHAPE["dtype"], SHAPE["head_dim"]),
-                           **planner_kwargs(opts))
-                for opts in args.planner or [None]]
+    planners = [new_planner(**planner_kwargs(opts)) for opts in args.planner or [None]]
     planner = planners[0]
     grid = list(itertools.product(CHUNKS, PREFIXES, NUM_DECODES, DECODE_CTX))
     grid = [tuple(int(x) for x in args.only.split(","))] if args.only else grid[::args.stride]
