@@ -105,9 +105,6 @@ BATCHES = {
 @pytest.mark.parametrize("prefill_rows", [64, 128])  # the mma.sync and the Hopper prefill tile
 def test_plan_executes_to_reference(name, heads, prefill_rows):
     decodes, prefills = BATCHES[name]
-    q_lens = [1] * len(decodes) + [q for q, _ in prefills]
-    if name == "padded_graph_batch":
-        q_lens = [1, 1, 0, 0]
     b = make_batch([d for d in decodes if d], prefills, num_q_heads=heads[0], num_kv_heads=heads[1],
                    head_dim=16, block_size=16, dtype=torch.float32, seed=len(name))
     if name == "padded_graph_batch":

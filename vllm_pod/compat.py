@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING
 
 from vllm.logger import init_logger
+
+if TYPE_CHECKING:
+    import torch
 
 # Under the "vllm" logger so vLLM's handlers and VLLM_LOGGING_LEVEL apply.
 logger = init_logger("vllm.pod")
