@@ -15,16 +15,14 @@ share is an upper bound of attention's share of the step. Needs vLLM (FA3).
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_kernel import FA3, SHAPE, new_planner, time_graph
+from benchmarks.bench_kernel import FA3, SHAPE, hybrid_batch, new_planner, time_graph, write_csv
 from vllm_pod.ops import pod_attention
-from vllm_pod.testing import make_batch
 
 MODEL = json.loads((Path(__file__).resolve().parents[1] / "configs/models/llama-3-8b.json").read_text())
 
@@ -44,7 +42,7 @@ def gemm_us(tokens: int, iters: int) -> float:
 
 
 def step(chunk: int, prefix: int, decodes: int, ctx: int, planner, iters: int) -> dict:
-    b = make_batch([ctx] * decodes, [(chunk, prefix + chunk)], device="cuda", seed=chunk + decodes, **SHAPE)
+    b = hybrid_batch(chunk, prefix, decodes, ctx)
     plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=decodes)
     out = torch.empty_like(b.query)
     pod = time_graph(lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table,
@@ -74,10 +72,7 @@ def main():
               f"{r['gemm_us']:7.1f} us, FA3 {r['fa3_us']:6.1f} us ({r['fa3_share']:.0%}), POD "
               f"{r['pod_us']:6.1f} us ({r['pod_share']:.0%}); layer POD/FA3 {r['pod_step_over_fa3_step']:.3f}",
               flush=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
 
 
 if __name__ == "__main__":

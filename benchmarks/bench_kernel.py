@@ -88,9 +88,21 @@ class FA3:
         return self.out
 
 
+def hybrid_batch(chunk, prefix, n_dec, dec_ctx):
+    """One prefill chunk after `prefix` tokens plus n_dec decodes of dec_ctx, SHAPE, on the GPU."""
+    return make_batch([dec_ctx] * n_dec, [(chunk, prefix + chunk)], device="cuda",
+                      seed=chunk + prefix + n_dec, **SHAPE)
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters):
-    b = make_batch([dec_ctx] * n_dec, [(chunk, prefix + chunk)], device="cuda", seed=chunk + prefix + n_dec,
-                   **SHAPE)
+    b = hybrid_batch(chunk, prefix, n_dec, dec_ctx)
     plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=n_dec)
     out = torch.full_like(b.query, float("nan"))
     run_pod = lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
@@ -132,8 +144,7 @@ def new_planner(**options) -> PodPlanner:
 
 def pod_times(chunk, prefix, n_dec, dec_ctx, planners, iters):
     """POD's time alone under each planner (tuning: no vLLM needed; correctness is the tests' job)."""
-    b = make_batch([dec_ctx] * n_dec, [(chunk, prefix + chunk)], device="cuda", seed=chunk + prefix + n_dec,
-                   **SHAPE)
+    b = hybrid_batch(chunk, prefix, n_dec, dec_ctx)
     out = torch.full_like(b.query, float("nan"))
     times = []
     for planner in planners:
@@ -198,10 +209,7 @@ def main():
               f"dec={r['decodes']:3d}x{r['decode_ctx']:5d}  pod {r['pod_us']:8.1f}us  fa3 {r['fa3_us']:8.1f}us  "
               f"ideal {r['ideal_us']:8.1f}us  pod/fa3 {r['pod_over_fa3']:.3f}  pod/ideal {r['pod_over_ideal']:.3f}",
               flush=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
     worst = max(rows, key=lambda r: r["pod_over_fa3"])
     summary = dict(
         gpu=props.name, date=time.strftime("%Y-%m-%d"), torch=torch.__version__,

@@ -151,7 +151,8 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
 
   const c10::cuda::CUDAGuard guard(query.device());
   // A prefill item taller than the kernel's tile would lose its extra rows: refuse the plan.
-  const int64_t tile_rows = prefill_tile_rows(query.scalar_type(), head_dim);
+  int tile_rows = 0;
+  dispatch<PrefillRows>(query.scalar_type(), head_dim, &tile_rows);  // dtype/head dim checked above
   TORCH_CHECK(plan_prefill_rows >= 1 && plan_prefill_rows <= tile_rows, "the plan was made for ",
               num(plan_prefill_rows), "-row prefill tiles but this GPU's kernel tile has ", num(tile_rows),
               " rows: make the PodPlanner with prefill_rows=vllm_pod.ops.device_prefill_tile_rows(dtype, head_dim)");

@@ -136,9 +136,10 @@ __device__ __forceinline__ void issue_scores(const typename Cfg::T* sQ, const ty
 
 // One warpgroup, one K/V tile: its kPrefillMTiles m64 tiles of query rows, from sQ (its first row
 // in the CTA's SW128 Q tile) against the NK keys of sK/sV. Same contract as warp_attend, with warp
-// w of the warpgroup holding rows 64*mt + 16*(w % 4) of each m-tile. Both S = Q K^T products are issued up front, so the tensor
-// cores compute S_1 during the first m-tile's softmax and P_0 V during the second's. The schedule
-// is fixed at compile time: ptxas serialises wgmma around data-dependent waits.
+// w of the warpgroup holding rows 64*mt + 16*(w % 4) of each m-tile. With two m-tiles, both
+// S = Q K^T products are issued up front, so the tensor cores compute S_1 during the first m-tile's
+// softmax and P_0 V during the second's. The schedule is fixed at compile time: ptxas serialises
+// wgmma around data-dependent waits.
 template <class Cfg, int NK, bool kMask>
 __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTiles>& st,
                                                  const typename Cfg::T* sQ, const typename Cfg::T* sK,

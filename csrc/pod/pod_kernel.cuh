@@ -84,7 +84,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       }
     } else if constexpr (kWgmma) {
 #ifdef POD_HOPPER_PREFILL
-      const int wg = Cfg::kPrefillWarpgroups > 1 ? warp / 4 : 0;
+      const int wg = Cfg::prefill_warpgroup(warp);
       if (wg == 0 || Cfg::prefill_row(4 * wg, 0) < used) {  // a warpgroup of padding rows skips
         const T* sQ_wg = sQ + sm90::m64_slice(Cfg::kPrefillMTiles * wg);
         if (masked)

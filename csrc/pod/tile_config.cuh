@@ -45,10 +45,14 @@ struct TileConfig {
 #else
   static constexpr int kPrefillKeys = D <= 128 ? 64 : 32;  // 32 at D=256 keeps two CTAs per SM
 #endif
+  // The prefill warpgroup a warp belongs to (0 unless kPrefillWarpgroups > 1, known at compile time).
+  __device__ __forceinline__ static int prefill_warpgroup(int warp) {
+    return kPrefillWarpgroups > 1 ? warp / 4 : 0;
+  }
   // First query row of a warp's m-tile mt: mma.sync warps own consecutive m16 tiles; warpgroups
   // own consecutive m64 tiles, in which each of their warps holds a 16-row slice.
   __device__ __forceinline__ static int prefill_row(int warp, int mt) {
-    const int wg = kPrefillWarpgroups > 1 ? warp / 4 : 0;
+    const int wg = prefill_warpgroup(warp);
     return kHopper ? 64 * (kPrefillMTiles * wg + mt) + 16 * (warp - 4 * wg)
                    : 16 * (kPrefillMTiles * warp + mt);
   }
