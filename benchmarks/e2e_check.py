@@ -62,6 +62,7 @@ def serve_and_ask(backend: str, args, model_dir: Path, batch: list[str]) -> tupl
     extra = ["--seed", "0", "--tensor-parallel-size", str(args.tensor_parallel_size)]
     if args.enforce_eager:
         extra.append("--enforce-eager")
+    extra += args.server_arg
     if args.random_weights:
         extra += ["--load-format", "safetensors"]  # the later flag wins over the harness's dummy
     spec = ServerSpec(backend=backend, model="llama-3-8b", model_dir=model_dir,
@@ -115,6 +116,8 @@ def main() -> int:
     ap.add_argument("--random-weights", action="store_true",
                     help="normally initialised weights instead of vLLM's near-zero dummy ones")
     ap.add_argument("--layers", type=int, help="cut the model to this many layers")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="one more `vllm serve` argument (repeatable; e.g. --server-arg=--disable-custom-all-reduce)")
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     model_dir = make_model_dir("llama-3-8b", Path(args.out) / "models")
