@@ -1,7 +1,6 @@
 // Hopper prefill step (the sm_90a configuration, built with -DPOD_WGMMA_PREFILL): the CTA's four
-// warps act as one warpgroup (two warpgroups with POD_SM90_TWO_WARPGROUPS, tile_config.cuh) and
-// compute S = Q K^T and O += P V with wgmma for 128 query rows (two m64 tiles; one at head dim
-// 256, where two would not fit the registers) against one K/V tile, with
+// warps act as one warpgroup and compute S = Q K^T and O += P V with wgmma for 128 query rows (two
+// m64 tiles; one at head dim 256, where two would not fit the registers) against one K/V tile, with
 // Q, K and V read by the tensor cores straight from shared memory and P from registers. 128 rows
 // halve the K/V traffic from L2 per FLOP against 64 (benchmarks/NOTES.md, v3-v4). The softmax is
 // the mma.sync path's (attention_tile.cuh): wgmma's m64 accumulators give each warp 16 rows in the
@@ -134,12 +133,11 @@ __device__ __forceinline__ void issue_scores(const typename Cfg::T* sQ, const ty
   for (int mt = 0; mt < Cfg::kPrefillMTiles; ++mt) issue_qk<Cfg, NK>(sQ, mt, sK, s[mt]);
 }
 
-// One warpgroup, one K/V tile: its kPrefillMTiles m64 tiles of query rows, from sQ (its first row
-// in the CTA's SW128 Q tile) against the NK keys of sK/sV. Same contract as warp_attend, with warp
-// w of the warpgroup holding rows 64*mt + 16*(w % 4) of each m-tile. With two m-tiles, both
-// S = Q K^T products are issued up front, so the tensor cores compute S_1 during the first m-tile's
-// softmax and P_0 V during the second's. The schedule is fixed at compile time: ptxas serialises
-// wgmma around data-dependent waits.
+// The whole CTA (one warpgroup), one K/V tile: the kPrefillMTiles m64 tiles of query rows in sQ
+// against the NK keys of sK/sV (all SW128 tiles). Same contract as warp_attend, with warp w holding
+// rows 64*mt + 16*w of each m-tile. Both S = Q K^T products are issued up front, so the tensor
+// cores compute S_1 during the first m-tile's softmax and P_0 V during the second's. The schedule
+// is fixed at compile time: ptxas serialises wgmma around data-dependent waits.
 template <class Cfg, int NK, bool kMask>
 __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTiles>& st,
                                                  const typename Cfg::T* sQ, const typename Cfg::T* sK,

@@ -84,16 +84,12 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       }
     } else if constexpr (kWgmma) {
 #ifdef POD_HOPPER_PREFILL
-      const int wg = Cfg::prefill_warpgroup(warp);
-      if (wg == 0 || Cfg::prefill_row(4 * wg, 0) < used) {  // a warpgroup of padding rows skips
-        const T* sQ_wg = sQ + sm90::m64_slice(Cfg::kPrefillMTiles * wg);
-        if (masked)
-          sm90::warpgroup_attend<Cfg, kKeys, true>(st, sQ_wg, sK(stage), sV(stage), tile_start,
-                                                   it.kv_end, row_pos, p.scale_log2);
-        else
-          sm90::warpgroup_attend<Cfg, kKeys, false>(st, sQ_wg, sK(stage), sV(stage), tile_start,
-                                                    it.kv_end, row_pos, p.scale_log2);
-      }
+      if (masked)
+        sm90::warpgroup_attend<Cfg, kKeys, true>(st, sQ, sK(stage), sV(stage), tile_start,
+                                                 it.kv_end, row_pos, p.scale_log2);
+      else
+        sm90::warpgroup_attend<Cfg, kKeys, false>(st, sQ, sK(stage), sV(stage), tile_start,
+                                                  it.kv_end, row_pos, p.scale_log2);
 #endif
     } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
       const int row0 = Cfg::prefill_row(warp, 0);

@@ -3,15 +3,6 @@
 #pragma once
 #include "params.cuh"
 
-// Tuning switch, a candidate not yet run on a GPU: 1 gives the Hopper CTA (head dim <= 128) two
-// warpgroups that split the 128-row prefill tile, one m64 tile each, and share its K/V tiles.
-// Two such CTAs per SM run four prefill warpgroups, each with half the dependent chain of today's
-// one-warpgroup CTA (two m64 tiles), in the same shared memory; it needs <= 128 registers per
-// thread. Decode tiles keep four key-splitting warps; the other four only help load.
-#ifndef POD_SM90_TWO_WARPGROUPS
-#define POD_SM90_TWO_WARPGROUPS 0
-#endif
-
 namespace pod {
 
 // kHopper_: the sm_90a configuration, whose prefill tiles run on wgmma (attention_tile_sm90.cuh).
@@ -20,9 +11,7 @@ struct TileConfig {
   using T = T_;
   static constexpr int D = D_;
   static constexpr bool kHopper = kHopper_;
-  // Warpgroups sharing one prefill tile (each owns kPrefillMTiles m64 tiles of its rows).
-  static constexpr int kPrefillWarpgroups = kHopper && D <= 128 && POD_SM90_TWO_WARPGROUPS ? 2 : 1;
-  static constexpr int kWarps = 4 * kPrefillWarpgroups;
+  static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   // Prefill tile: kPrefillMTiles m-tiles of query rows per warp against kPrefillKeys keys per K/V
   // tile. The rows a tile shares each K/V tile between set its arithmetic intensity: K/V tiles
@@ -36,25 +25,18 @@ struct TileConfig {
 #else
   static constexpr int kSimtMTiles = 1;
 #endif
-  static constexpr int kPrefillMTiles = kHopper ? (D <= 128 ? 2 / kPrefillWarpgroups : 1) : kSimtMTiles;
+  static constexpr int kPrefillMTiles = kHopper ? (D <= 128 ? 2 : 1) : kSimtMTiles;
   static constexpr int kMTileRows = kHopper ? 64 : 16;  // rows of one m-tile (wgmma m64, mma m16)
-  static constexpr int kPrefillRows =
-      kMTileRows * kPrefillMTiles * (kHopper ? kPrefillWarpgroups : kWarps);
+  static constexpr int kPrefillRows = kMTileRows * kPrefillMTiles * (kHopper ? 1 : kWarps);
 #ifdef POD_PREFILL_KEYS
   static constexpr int kPrefillKeys = D <= 128 && !kHopper ? POD_PREFILL_KEYS : (D <= 128 ? 64 : 32);
 #else
   static constexpr int kPrefillKeys = D <= 128 ? 64 : 32;  // 32 at D=256 keeps two CTAs per SM
 #endif
-  // The prefill warpgroup a warp belongs to (0 unless kPrefillWarpgroups > 1, known at compile time).
-  __device__ __forceinline__ static int prefill_warpgroup(int warp) {
-    return kPrefillWarpgroups > 1 ? warp / 4 : 0;
-  }
-  // First query row of a warp's m-tile mt: mma.sync warps own consecutive m16 tiles; warpgroups
-  // own consecutive m64 tiles, in which each of their warps holds a 16-row slice.
+  // First query row of a warp's m-tile mt: mma.sync warps own consecutive m16 tiles; in a wgmma
+  // m64 tile each warp holds a 16-row slice.
   __device__ __forceinline__ static int prefill_row(int warp, int mt) {
-    const int wg = prefill_warpgroup(warp);
-    return kHopper ? 64 * (kPrefillMTiles * wg + mt) + 16 * (warp - 4 * wg)
-                   : 16 * (kPrefillMTiles * warp + mt);
+    return kHopper ? 64 * mt + 16 * warp : 16 * (kPrefillMTiles * warp + mt);
   }
   // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
   static constexpr int kDecodeRows = 16;
