@@ -40,3 +40,17 @@ def test_random_weights_are_normal_and_named_as_transformers_saves_them(tmp_path
     q = weights["model.layers.0.self_attn.q_proj.weight"]
     assert q.dtype == torch.bfloat16 and q.shape == (64, 64)
     assert 0.015 < float(q.float().std()) < 0.025  # initializer_range 0.02, not vLLM's 1e-3 dummy
+
+
+def test_prompts_fit_the_servers_context(tmp_path):
+    # vLLM refuses a prompt longer than max_model_len (HTTP 400). The tokenizer is trained on the
+    # machine's own Python sources, so counts vary: the same prompts were 4065 tokens on the GPU
+    # machine and 3965 here. Hence a 25% margin.
+    from transformers import AutoTokenizer
+
+    from benchmarks.e2e_check import MAX_MODEL_LEN, prompts
+    from benchmarks.serving.model_dir import make_model_dir
+    tok = AutoTokenizer.from_pretrained(make_model_dir("llama-3-8b", tmp_path))
+    for n_long, n_short in ((12, 12), (6, 6)):
+        longest = max(len(tok(p)["input_ids"]) for p in prompts(n_long, n_short))
+        assert 1.25 * longest + 32 <= MAX_MODEL_LEN
