@@ -46,11 +46,17 @@ def test_wgmma_variant_compiles_to_wgmma(tmp_path):
     assert "fence.proxy.async.shared::cta" in text
 
 
+# The default sm_90a build and the tuning candidates of tile_config.cuh, which must keep compiling.
+BUILDS = {"default": [], "keys32_stages4": ["-DPOD_SM90_PREFILL_KEYS=32", "-DPOD_PREFILL_STAGES=4"],
+          "decode_evict_first": ["-DPOD_DECODE_EVICT_FIRST=1"]}
+
+
 @pytest.mark.skipif(nvcc() is None or cute_include_dir() is None, reason="needs nvcc and CuTe headers")
-def test_wgmma_is_not_serialised(tmp_path):
+@pytest.mark.parametrize("build", BUILDS)
+def test_wgmma_is_not_serialised(tmp_path, build):
     # ptxas falls back to serialised wgmma (warnings C7514/C7515) when ordinary instructions may
     # touch the accumulators of a wgmma in flight; the prefill loop's overlap would be lost silently.
-    run = subprocess.run([nvcc(), "-DPOD_WGMMA_PREFILL", f"-I{cute_include_dir()}",
+    run = subprocess.run([nvcc(), "-DPOD_WGMMA_PREFILL", *BUILDS[build], f"-I{cute_include_dir()}",
                           f"-I{ROOT / 'csrc'}", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3",
                           "--use_fast_math", "-Xptxas", "-v",
                           str(ROOT / "csrc" / "instantiations" / "pod_bf16_hd128.cu"),

@@ -36,10 +36,13 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   using QLayout = SwzLayout<Cfg>;
   using KVLayout = SwzLayout<Cfg>;
 #endif
+  constexpr int kStages = kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
+  // Decode K/V is read once per launch: with POD_DECODE_EVICT_FIRST its lines leave L2 first.
+  constexpr bool kReadOnce = kIsDecode && POD_DECODE_EVICT_FIRST;
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sKV = sQ + Cfg::kQElems;  // [stage][K|V][keys][D]
-  auto sK = [&](int stage) { return sKV + (2 * stage) * Cfg::kKVElems; };
-  auto sV = [&](int stage) { return sKV + (2 * stage + 1) * Cfg::kKVElems; };
+  T* sKV = sQ + Cfg::kQElems;  // the K/V ring, [stage][K|V][keys][D]
+  auto sK = [&](int stage) { return sKV + (2 * stage) * kKeys * Cfg::D; };
+  auto sV = [&](int stage) { return sKV + (2 * stage + 1) * kKeys * Cfg::D; };
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int used = it.n_tok * it.nh;
@@ -57,20 +60,30 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   st.init();
   const int num_tiles = (it.kv_end - it.kv_start + kKeys - 1) / kKeys;
   load_query_rows<Cfg, QLayout>(sQ, p, it, kRows);
-  load_kv_tile<Cfg, kKeys, KVLayout>(sK(0), sV(0), p, it, it.kv_start);
-  cp_async_commit();
+  // One commit group per K/V tile: waiting for tile t leaves the (up to kStages - 1) newer ones in
+  // flight. Every item has at least one tile.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s == 0 || s < num_tiles) {
+      load_kv_tile<Cfg, kKeys, KVLayout, kReadOnce>(sK(s), sV(s), p, it, it.kv_start + s * kKeys);
+      cp_async_commit();
+    }
+  }
   for (int t = 0; t < num_tiles; ++t) {
     const int tile_start = it.kv_start + t * kKeys;
-    if (t + 1 < num_tiles) {
-      load_kv_tile<Cfg, kKeys, KVLayout>(sK((t + 1) & 1), sV((t + 1) & 1), p, it, tile_start + kKeys);
+    // Tile t + kStages - 1 refills the stage the previous iteration's closing barrier freed.
+    const int ahead = t + kStages - 1;
+    if (ahead < num_tiles) {
+      load_kv_tile<Cfg, kKeys, KVLayout, kReadOnce>(sK(ahead % kStages), sV(ahead % kStages), p, it,
+                                                    it.kv_start + ahead * kKeys);
       cp_async_commit();
-      cp_async_wait<1>();
+      cp_async_wait<kStages - 1>();
     } else {
-      cp_async_wait<0>();
+      cp_async_wait_newest<kStages - 2>(num_tiles - 1 - t);
     }
     if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();
-    const int stage = t & 1;
+    const int stage = t % kStages;
     const bool masked = tile_start > mask_from;
     if constexpr (kIsDecode) {
       if (warp < Cfg::kDecodeWarps) {

@@ -3,6 +3,13 @@
 #pragma once
 #include "params.cuh"
 
+// Tuning switch, a candidate not yet run on a GPU: 1 loads decode K/V under an L2 evict-first
+// policy. Decode K/V is read once per launch and streams gigabytes through the 50 MB L2, where
+// the prefill's K/V, re-read by every query tile of its request, would rather stay.
+#ifndef POD_DECODE_EVICT_FIRST
+#define POD_DECODE_EVICT_FIRST 0
+#endif
+
 namespace pod {
 
 // kHopper_: the sm_90a configuration, whose prefill tiles run on wgmma (attention_tile_sm90.cuh).
@@ -28,10 +35,14 @@ struct TileConfig {
   static constexpr int kPrefillMTiles = kHopper ? (D <= 128 ? 2 : 1) : kSimtMTiles;
   static constexpr int kMTileRows = kHopper ? 64 : 16;  // rows of one m-tile (wgmma m64, mma m16)
   static constexpr int kPrefillRows = kMTileRows * kPrefillMTiles * (kHopper ? 1 : kWarps);
-#ifdef POD_PREFILL_KEYS
+  // 32 keys at D=256 keep two CTAs per SM. Tuning builds: POD_PREFILL_KEYS (mma.sync tile),
+  // POD_SM90_PREFILL_KEYS (Hopper tile, D <= 128).
+#if defined(POD_PREFILL_KEYS)
   static constexpr int kPrefillKeys = D <= 128 && !kHopper ? POD_PREFILL_KEYS : (D <= 128 ? 64 : 32);
+#elif defined(POD_SM90_PREFILL_KEYS)
+  static constexpr int kPrefillKeys = D <= 128 && kHopper ? POD_SM90_PREFILL_KEYS : (D <= 128 ? 64 : 32);
 #else
-  static constexpr int kPrefillKeys = D <= 128 ? 64 : 32;  // 32 at D=256 keeps two CTAs per SM
+  static constexpr int kPrefillKeys = D <= 128 ? 64 : 32;
 #endif
   // First query row of a warp's m-tile mt: mma.sync warps own consecutive m16 tiles; in a wgmma
   // m64 tile each warp holds a 16-row slice.
@@ -43,12 +54,22 @@ struct TileConfig {
   static constexpr int kDecodeWarpKeys = 16;
   static constexpr int kDecodeKeys = D <= 128 ? 64 : 32;  // halved at D=256 for two CTAs per SM
   static constexpr int kDecodeWarps = kDecodeKeys / kDecodeWarpKeys;
-  static constexpr int kStages = 2;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
 
+  // K/V tiles stream through a ring of stages, [stage][K|V][keys][D]; a kind keeps all but one
+  // stage in flight. Tuning builds: POD_PREFILL_STAGES (e.g. more stages of smaller prefill tiles
+  // in the same bytes; D <= 128).
+#ifdef POD_PREFILL_STAGES
+  static constexpr int kPrefillStages = D <= 128 ? POD_PREFILL_STAGES : 2;
+#else
+  static constexpr int kPrefillStages = 2;
+#endif
+  static constexpr int kDecodeStages = 2;
   static constexpr int kQElems = kPrefillRows * D;
-  static constexpr int kKVElems = (kPrefillKeys > kDecodeKeys ? kPrefillKeys : kDecodeKeys) * D;
-  static constexpr size_t kSmemBytes = sizeof(T) * (kQElems + 2 * kStages * kKVElems);
+  static constexpr int kRingElems = 2 * D *
+      (kPrefillStages * kPrefillKeys > kDecodeStages * kDecodeKeys ? kPrefillStages * kPrefillKeys
+                                                                   : kDecodeStages * kDecodeKeys);
+  static constexpr size_t kSmemBytes = sizeof(T) * (kQElems + kRingElems);
   // Launched with 1 KiB more, so the tiles can start on a 1 KiB boundary (GMMA swizzle atoms).
   static constexpr size_t kSmemAlloc = kSmemBytes + 1024;
   // Decode's cross-warp merge reuses the whole region once the key loop is done.
@@ -56,6 +77,7 @@ struct TileConfig {
   static_assert(kMergeBytes <= kSmemBytes, "decode merge scratch must fit the tile region");
   static_assert(kChunks >= 8, "the XOR swizzle needs at least 8 chunks per row");
   static_assert(64 % kPrefillKeys == 0 && 64 % kDecodeKeys == 0, "plan.py aligns KV splits to 64 keys");
+  static_assert(kPrefillStages >= 2 && kDecodeStages >= 2, "the ring overlaps a load with the math");
 
   // Offset (elements) of column `col` (a multiple of 8) of row `row` in a swizzled [rows][D] tile:
   // 16-byte chunks XOR-ed with the row so ldmatrix's 8 row addresses hit 8 distinct bank groups.
