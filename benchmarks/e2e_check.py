@@ -34,6 +34,7 @@ from benchmarks.serving.weights import write_random_weights
 WORDS = ("attention prefill decode kernel tensor memory bandwidth warp block cache token chunk "
          "scheduler graph stream head query key value softmax merge split tile").split()
 FUSED_LINE = re.compile(r"POD fused batch")
+V2_RUNNER_LINE = "Using V2 Model Runner"  # vLLM 0.26 logs this when it picks model runner V2
 # Long prompts are 1500-3000 words; with the local tokenizer that can pass 4096 tokens (4065 seen).
 MAX_MODEL_LEN = 8192
 PROMPT_LOGPROB_TOL = 0.1  # nats; bf16 attention differences through 32 random layers
@@ -64,7 +65,14 @@ def complete(base_url: str, model: str, prompt: str, max_tokens: int, timeout_s:
                 token_logprobs=choice["logprobs"]["token_logprobs"], prompt_logprobs=prompt_lp)
 
 
-def serve_and_ask(backend: str, args, model_dir: Path, batch: list[str]) -> tuple[list[dict], int]:
+def log_facts(log_text: str) -> dict:
+    """What a server log proves: fused hybrid batches (counted over all tensor-parallel ranks, each
+    logs its own) and the model runner vLLM picked."""
+    return dict(fused_batches=len(FUSED_LINE.findall(log_text)),
+                model_runner="v2" if V2_RUNNER_LINE in log_text else "v1")
+
+
+def serve_and_ask(backend: str, args, model_dir: Path, batch: list[str]) -> tuple[list[dict], dict]:
     extra = ["--seed", "0", "--tensor-parallel-size", str(args.tensor_parallel_size)]
     if args.enforce_eager:
         extra.append("--enforce-eager")
@@ -75,6 +83,8 @@ def serve_and_ask(backend: str, args, model_dir: Path, batch: list[str]) -> tupl
                       chunk_size=args.chunk_size, max_model_len=MAX_MODEL_LEN, max_num_seqs=64,
                       extra_args=tuple(extra))
     env = serve_env(dict(os.environ), backend) | {"VLLM_LOGGING_LEVEL": "DEBUG"}
+    if args.model_runner != "auto":
+        env["VLLM_USE_V2_MODEL_RUNNER"] = "1" if args.model_runner == "v2" else "0"
     log = Path(args.out) / f"server_{backend}.log"
     server = ServerProcess(serve_command(args.vllm_cli, spec), env, log, spec.base_url)
     start = time.monotonic()
@@ -84,8 +94,7 @@ def serve_and_ask(backend: str, args, model_dir: Path, batch: list[str]) -> tupl
         with ThreadPoolExecutor(len(batch)) as pool:
             results = list(pool.map(lambda p: complete(spec.base_url, str(model_dir), p, args.max_tokens,
                                                        args.request_timeout), batch))
-    fused = len(FUSED_LINE.findall(log.read_text(errors="replace")))
-    return results, fused
+    return results, log_facts(log.read_text(errors="replace"))
 
 
 def compare(pod: list[dict], ref: list[dict]) -> dict:
@@ -122,6 +131,9 @@ def main() -> int:
     ap.add_argument("--random-weights", action="store_true",
                     help="normally initialised weights instead of vLLM's near-zero dummy ones")
     ap.add_argument("--layers", type=int, help="cut the model to this many layers")
+    ap.add_argument("--model-runner", choices=("auto", "v1", "v2"), default="auto",
+                    help="force vLLM's model runner (VLLM_USE_V2_MODEL_RUNNER); auto: vLLM's choice "
+                         "(V2 for dense models on vLLM 0.26)")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="one more `vllm serve` argument (repeatable; e.g. --server-arg=--disable-custom-all-reduce)")
     args = ap.parse_args()
@@ -133,17 +145,20 @@ def main() -> int:
         ap.error("--layers needs --random-weights")
     batch = prompts(args.long, args.short)
     backends = args.backends.split(",")
-    results, fused = {}, {}
+    results, facts = {}, {}
     for backend in backends:
-        results[backend], fused[backend] = serve_and_ask(backend, args, model_dir, batch)
-        print(f"{backend}: {len(results[backend])} answers, {fused[backend]} fused hybrid batches logged",
-              flush=True)
+        results[backend], facts[backend] = serve_and_ask(backend, args, model_dir, batch)
+        print(f"{backend}: {len(results[backend])} answers, {facts[backend]['fused_batches']} fused hybrid "
+              f"batches logged, model runner {facts[backend]['model_runner']}", flush=True)
+    fused = {backend: f["fused_batches"] for backend, f in facts.items()}
     if sorted(backends) != ["FLASH_ATTN", "POD"]:
         ok = fused.get("POD", 1) > 0
         print(f"served {', '.join(backends)}: every request answered, no comparison;",
               "E2E PASSED" if ok else "E2E FAILED (no fused hybrid batch in POD's log)")
         return 0 if ok else 1
-    summary = compare(results["POD"], results["FLASH_ATTN"]) | dict(pod_fused_batches=fused["POD"])
+    summary = compare(results["POD"], results["FLASH_ATTN"]) | dict(
+        pod_fused_batches=fused["POD"], model_runner=facts["POD"]["model_runner"],
+        tensor_parallel_size=args.tensor_parallel_size)
     (Path(args.out) / "e2e_summary.json").write_text(json.dumps(summary, indent=2))
     (Path(args.out) / "e2e_results.json").write_text(json.dumps(results))
     print(json.dumps(summary, indent=1))

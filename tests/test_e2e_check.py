@@ -54,3 +54,12 @@ def test_prompts_fit_the_servers_context(tmp_path):
     for n_long, n_short in ((12, 12), (6, 6)):
         longest = max(len(tok(p)["input_ids"]) for p in prompts(n_long, n_short))
         assert 1.25 * longest + 32 <= MAX_MODEL_LEN
+
+
+def test_log_facts_count_fused_batches_and_name_the_model_runner():
+    from benchmarks.e2e_check import log_facts
+    v2 = ("(Worker_TP0 pid=1) INFO [gpu_worker.py:378] Using V2 Model Runner\n"
+          "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n"
+          "(Worker_TP1 pid=2) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n")
+    assert log_facts(v2) == dict(fused_batches=2, model_runner="v2")
+    assert log_facts("(EngineCore pid=3) INFO Loading model\n") == dict(fused_batches=0, model_runner="v1")
