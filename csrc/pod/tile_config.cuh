@@ -35,15 +35,15 @@ struct TileConfig {
   static constexpr int kPrefillMTiles = kHopper ? (D <= 128 ? 2 : 1) : kSimtMTiles;
   static constexpr int kMTileRows = kHopper ? 64 : 16;  // rows of one m-tile (wgmma m64, mma m16)
   static constexpr int kPrefillRows = kMTileRows * kPrefillMTiles * (kHopper ? 1 : kWarps);
-  // 32 keys at D=256 keep two CTAs per SM. Tuning builds: POD_PREFILL_KEYS (mma.sync tile),
-  // POD_SM90_PREFILL_KEYS (Hopper tile, D <= 128).
-#if defined(POD_PREFILL_KEYS)
-  static constexpr int kPrefillKeys = D <= 128 && !kHopper ? POD_PREFILL_KEYS : (D <= 128 ? 64 : 32);
-#elif defined(POD_SM90_PREFILL_KEYS)
-  static constexpr int kPrefillKeys = D <= 128 && kHopper ? POD_SM90_PREFILL_KEYS : (D <= 128 ? 64 : 32);
-#else
-  static constexpr int kPrefillKeys = D <= 128 ? 64 : 32;
+  // 32 keys at D=256 keep two CTAs per SM. Tuning builds (D <= 128): POD_PREFILL_KEYS for the
+  // mma.sync tile, POD_SM90_PREFILL_KEYS for the Hopper tile.
+#ifndef POD_PREFILL_KEYS
+#define POD_PREFILL_KEYS 64
 #endif
+#ifndef POD_SM90_PREFILL_KEYS
+#define POD_SM90_PREFILL_KEYS 64
+#endif
+  static constexpr int kPrefillKeys = D > 128 ? 32 : kHopper ? POD_SM90_PREFILL_KEYS : POD_PREFILL_KEYS;
   // First query row of a warp's m-tile mt: mma.sync warps own consecutive m16 tiles; in a wgmma
   // m64 tile each warp holds a 16-row slice.
   __device__ __forceinline__ static int prefill_row(int warp, int mt) {
