@@ -13,3 +13,37 @@ def test_planner_options_split_into_planner_arguments():
     opts = parse_planner("prefill=2,decode=1,min_decode_slots=0")
     assert planner_kwargs(opts) == dict(split_items_per_slot={"prefill": 2, "decode": 1}, min_decode_slots=0)
     assert planner_kwargs(None) == dict(split_items_per_slot=None)
+
+
+def test_trace_table_reads_times_across_the_timer_wrap_and_counts_causal_flops():
+    import numpy as np
+
+    from benchmarks.trace_items import item_table, summarize
+    from vllm_pod.plan import ITEM_FIELDS, ITEM_INTS, TRACE_FIELDS
+    f = {name: i for i, name in enumerate(ITEM_FIELDS + TRACE_FIELDS)}
+    items = np.zeros((2, ITEM_INTS), dtype=np.int64)
+    # A prefill item: 2 tokens at positions 10 and 11 x 4 heads against keys [0, 12): 11 + 12 keys.
+    items[0, [f["nh"], f["n_tok"], f["q_pos0"], f["kv_end"]]] = 4, 2, 10, 12
+    # A decode item: 64 keys of one KV head, on CTA 3 / SM 1.
+    items[1, [f["nh"], f["n_tok"], f["q_pos0"], f["kv_start"], f["kv_end"]]] = 4, 1, 99, 36, 100
+    items[1, f["trace_cta_sm"]] = 3 * 1024 + 1
+    # The global timer's low 32 bits wrap between the two starts.
+    start = np.array([2**32 - 1000, 500])
+    items[:, f["trace_start"]] = start.astype(np.uint32).astype(np.int32)
+    items[:, f["trace_end"]] = (start + [3000, 2000]).astype(np.uint32).astype(np.int32)
+    t = item_table(items, num_prefill=1, head_dim=128)
+    assert list(t["kind"]) == ["prefill", "decode"]
+    assert np.allclose(t["start_us"], [0.0, 1.5]) and np.allclose(t["end_us"], [3.0, 3.5])
+    assert t["work"][0] == 4 * 128 * 4 * (11 + 12) and t["work"][1] == 64 * 2 * 128 * 2
+    assert (t["cta"][1], t["sm"][1]) == (3, 1)
+    text = "\n".join(summarize(t, num_ctas=2))
+    assert "span 3.5 us on 2 CTAs" in text and "prefill: 1 items" in text and "decode: 1 items" in text
+
+
+def test_trace_table_refuses_a_buffer_without_a_trace():
+    import numpy as np
+    import pytest
+
+    from benchmarks.trace_items import item_table
+    with pytest.raises(RuntimeError, match="POD_TRACE"):
+        item_table(np.zeros((3, 16), dtype=np.int64), num_prefill=1, head_dim=128)

@@ -46,9 +46,10 @@ def test_wgmma_variant_compiles_to_wgmma(tmp_path):
     assert "fence.proxy.async.shared::cta" in text
 
 
-# The default sm_90a build and the tuning candidates of tile_config.cuh, which must keep compiling.
+# The default sm_90a build, the tuning candidates of tile_config.cuh and the trace build (trace.cuh),
+# which must keep compiling.
 BUILDS = {"default": [], "keys32_stages4": ["-DPOD_SM90_PREFILL_KEYS=32", "-DPOD_PREFILL_STAGES=4"],
-          "decode_evict_first": ["-DPOD_DECODE_EVICT_FIRST=1"]}
+          "decode_evict_first": ["-DPOD_DECODE_EVICT_FIRST=1"], "trace": ["-DPOD_TRACE=1"]}
 
 
 @pytest.mark.skipif(nvcc() is None or cute_include_dir() is None, reason="needs nvcc and CuTe headers")

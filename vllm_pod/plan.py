@@ -26,6 +26,9 @@ PLAN_HEADER_INTS = 4
 ITEM_INTS = 16
 ITEM_FIELDS = ("req", "kv_head", "h0", "nh", "q_start", "n_tok", "q_pos0", "kv_start", "kv_end",
                "slot", "slot_base", "num_splits", "merge_id")
+# The item's last ints: zero here, written by trace builds (csrc/pod/trace.cuh).
+TRACE_FIELDS = ("trace_cta_sm", "trace_start", "trace_end")
+assert len(ITEM_FIELDS) + len(TRACE_FIELDS) == ITEM_INTS
 COUNTER_MERGE_BASE = 4 + 1024  # kCtrSmSlots + kMaxSmIds
 
 DECODE_TILE_ROWS = 16

@@ -24,7 +24,9 @@ struct WorkItem {
   int slot_base;   // workspace row of split 0 of the group (splits are consecutive)
   int num_splits;
   int merge_id;    // counter index; the last split to finish merges the group
-  int pad0, pad1, pad2;
+  // Zero from the planner; trace builds write them (trace.cuh): blockIdx * kMaxSmIds + SM id, and
+  // the item's start and end (globaltimer, low 32 bits).
+  int trace_cta_sm, trace_start, trace_end;
 };
 constexpr int ITEM_INTS = sizeof(WorkItem) / sizeof(int);
 static_assert(ITEM_INTS == 16, "plan.py assumes 16 ints per item");

@@ -6,6 +6,7 @@
 #include "merge.cuh"
 #include "scheduler.cuh"
 #include "tile_loader.cuh"
+#include "trace.cuh"
 
 // The Hopper configuration (TileConfig<..., kHopper = true>) is compiled into the sm_90a code of
 // builds with -DPOD_WGMMA_PREFILL, the other one everywhere else; the host launches the one that
@@ -143,10 +144,13 @@ __device__ __forceinline__ void run_items(const PodParams& p) {
     if (s_index < 0) break;
     // A register copy: reading the item from shared memory in the key loop measured 25% slower.
     const WorkItem it = s_item;
+    const int index = s_index;
+    const uint32_t start = trace_clock();
     if (s_kind == kDecode)
       run_item<Cfg, kDecode>(p, it, smem, &s_flag);
     else
       run_item<Cfg, kPrefill>(p, it, smem, &s_flag);
+    trace_item(p, index, start);
     __syncthreads();  // shared memory and s_item are reused by the next item
   }
   if (threadIdx.x == 0) sched.finish();
