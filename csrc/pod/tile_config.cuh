@@ -52,19 +52,25 @@ struct TileConfig {
   // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
   static constexpr int kDecodeRows = 16;
   static constexpr int kDecodeWarpKeys = 16;
-  static constexpr int kDecodeKeys = D <= 128 ? 64 : 32;  // halved at D=256 for two CTAs per SM
+  // Halved at D=256 for two CTAs per SM; POD_DECODE_KEYS for tuning builds (D <= 128).
+#ifndef POD_DECODE_KEYS
+#define POD_DECODE_KEYS 64
+#endif
+  static constexpr int kDecodeKeys = D <= 128 ? POD_DECODE_KEYS : 32;
   static constexpr int kDecodeWarps = kDecodeKeys / kDecodeWarpKeys;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
 
   // K/V tiles stream through a ring of stages, [stage][K|V][keys][D]; a kind keeps all but one
-  // stage in flight. Tuning builds: POD_PREFILL_STAGES (e.g. more stages of smaller prefill tiles
-  // in the same bytes; D <= 128).
-#ifdef POD_PREFILL_STAGES
-  static constexpr int kPrefillStages = D <= 128 ? POD_PREFILL_STAGES : 2;
-#else
-  static constexpr int kPrefillStages = 2;
+  // stage in flight. Tuning builds (D <= 128): POD_PREFILL_STAGES / POD_DECODE_STAGES, e.g. more
+  // stages of smaller tiles in the same bytes.
+#ifndef POD_PREFILL_STAGES
+#define POD_PREFILL_STAGES 2
 #endif
-  static constexpr int kDecodeStages = 2;
+#ifndef POD_DECODE_STAGES
+#define POD_DECODE_STAGES 2
+#endif
+  static constexpr int kPrefillStages = D <= 128 ? POD_PREFILL_STAGES : 2;
+  static constexpr int kDecodeStages = D <= 128 ? POD_DECODE_STAGES : 2;
   static constexpr int kQElems = kPrefillRows * D;
   static constexpr int kRingElems = 2 * D *
       (kPrefillStages * kPrefillKeys > kDecodeStages * kDecodeKeys ? kPrefillStages * kPrefillKeys
