@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_kernel import FA3, SHAPE, hybrid_batch, new_planner, time_graph, write_csv
-from vllm_pod.ops import pod_attention
+from benchmarks.bench_kernel import FA3, SHAPE, hybrid_batch, new_planner, pod_call, time_graph, write_csv
+from vllm_pod.testing import plan_batch
 
 MODEL = json.loads((Path(__file__).resolve().parents[1] / "configs/models/llama-3-8b.json").read_text())
 
@@ -43,10 +43,7 @@ def gemm_us(tokens: int, iters: int) -> float:
 
 def step(chunk: int, prefix: int, decodes: int, ctx: int, planner, iters: int) -> dict:
     b = hybrid_batch(chunk, prefix, decodes, ctx)
-    plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=decodes)
-    out = torch.empty_like(b.query)
-    pod = time_graph(lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table,
-                                           plan, b.scale), iters)
+    pod = time_graph(pod_call(b, plan_batch(planner, b), torch.empty_like(b.query)), iters)
     fa3 = time_graph(FA3(b, slice(0, decodes + 1)), iters)
     gemm = gemm_us(chunk + decodes, iters)
     return dict(chunk=chunk, prefix=prefix, decodes=decodes, decode_ctx=ctx, gemm_us=gemm,

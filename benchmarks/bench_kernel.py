@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from vllm_pod.ops import device_ctas_per_sm, device_prefill_tile_rows, pod_attention
+from vllm_pod.ops import pod_attention
 from vllm_pod.plan import PodPlanner
-from vllm_pod.testing import make_batch
+from vllm_pod.testing import device_planner, make_batch, plan_batch
 
 SHAPE = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
 CHUNKS = (512, 1024, 2048)
@@ -101,11 +101,16 @@ def write_csv(path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def pod_call(b, plan, out):
+    """POD's op on batch b under plan, into out: a callable to time or capture."""
+    return lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
+
+
 def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters):
     b = hybrid_batch(chunk, prefix, n_dec, dec_ctx)
-    plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=n_dec)
+    plan = plan_batch(planner, b)
     out = torch.full_like(b.query, float("nan"))
-    run_pod = lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
+    run_pod = pod_call(b, plan, out)
     fa3_all, fa3_pre, fa3_dec = FA3(b, slice(0, n_dec + 1)), FA3(b, slice(n_dec, n_dec + 1)), FA3(b, slice(0, n_dec))
 
     run_pod()
@@ -133,25 +138,14 @@ def bench_config(chunk, prefix, n_dec, dec_ctx, planner, iters):
 
 def new_planner(**options) -> PodPlanner:
     """A planner for SHAPE on the current GPU, as the backend makes one."""
-    return PodPlanner(num_q_heads=SHAPE["num_q_heads"], num_kv_heads=SHAPE["num_kv_heads"],
-                      head_dim=SHAPE["head_dim"], block_size=SHAPE["block_size"],
-                      num_sms=torch.cuda.get_device_properties(0).multi_processor_count,
-                      ctas_per_sm=device_ctas_per_sm(SHAPE["dtype"], SHAPE["head_dim"]),
-                      max_num_reqs=256, max_num_tokens=4096, device="cuda",
-                      prefill_rows=device_prefill_tile_rows(SHAPE["dtype"], SHAPE["head_dim"]),
-                      **options)
+    return device_planner(**SHAPE, max_num_reqs=256, max_num_tokens=4096, **options)
 
 
 def pod_times(chunk, prefix, n_dec, dec_ctx, planners, iters):
     """POD's time alone under each planner (tuning: no vLLM needed; correctness is the tests' job)."""
     b = hybrid_batch(chunk, prefix, n_dec, dec_ctx)
     out = torch.full_like(b.query, float("nan"))
-    times = []
-    for planner in planners:
-        plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=n_dec)
-        times.append(time_graph(lambda: pod_attention(out, b.query, b.key_cache, b.value_cache,
-                                                      b.block_table, plan, b.scale), iters))
-    return times
+    return [time_graph(pod_call(b, plan_batch(planner, b), out), iters) for planner in planners]
 
 
 def parse_planner(text: str) -> dict[str, int]:

@@ -18,9 +18,10 @@ import argparse
 import numpy as np
 import torch
 
-from benchmarks.bench_kernel import SHAPE, hybrid_batch, new_planner, parse_planner, planner_kwargs, write_csv
-from vllm_pod.ops import pod_attention
+from benchmarks.bench_kernel import (SHAPE, hybrid_batch, new_planner, parse_planner, planner_kwargs,
+                                     pod_call, write_csv)
 from vllm_pod.plan import ITEM_FIELDS, ITEM_INTS, PLAN_HEADER_INTS, TRACE_FIELDS
+from vllm_pod.testing import plan_batch
 
 FIELDS = ITEM_FIELDS + TRACE_FIELDS
 MAX_SM_IDS = 1024  # csrc/pod/params.cuh kMaxSmIds
@@ -94,10 +95,10 @@ def main():
     for spec in args.only:
         chunk, prefix, n_dec, ctx = (int(x) for x in spec.split(","))
         b = hybrid_batch(chunk, prefix, n_dec, ctx)
-        plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=n_dec)
-        out = torch.empty_like(b.query)
+        plan = plan_batch(planner, b)
+        run_pod = pod_call(b, plan, torch.empty_like(b.query))
         for _ in range(3):  # the last, warm launch leaves its trace
-            pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
+            run_pod()
         torch.cuda.synchronize()
         n = plan.num_prefill_items + plan.num_decode_items
         items = plan.buffer[PLAN_HEADER_INTS:PLAN_HEADER_INTS + n * ITEM_INTS].view(n, ITEM_INTS).cpu().numpy()

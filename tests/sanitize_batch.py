@@ -8,21 +8,17 @@ one with none, lengths off block boundaries. Exits non-zero if the result is wro
 
 import torch
 
-from vllm_pod.ops import device_ctas_per_sm, device_prefill_tile_rows, pod_attention
-from vllm_pod.plan import ITEM_FIELDS, PodPlanner
+from vllm_pod.ops import pod_attention
+from vllm_pod.plan import ITEM_FIELDS
 from vllm_pod.reference import reference_attention
-from vllm_pod.testing import make_batch
+from vllm_pod.testing import batch_shape, device_planner, make_batch, plan_batch
 
 
 def main():
     b = make_batch([700, 3001, 17], [(100, 1200), (33, 33)], num_q_heads=32, num_kv_heads=8,
                    head_dim=128, block_size=16, dtype=torch.bfloat16, device="cuda", seed=3)
-    planner = PodPlanner(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
-                         num_sms=torch.cuda.get_device_properties(0).multi_processor_count,
-                         ctas_per_sm=device_ctas_per_sm(torch.bfloat16, 128), max_num_reqs=16,
-                         max_num_tokens=512, device="cuda",
-                         prefill_rows=device_prefill_tile_rows(torch.bfloat16, 128))
-    plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=b.num_decodes)
+    planner = device_planner(**batch_shape(b), max_num_reqs=16, max_num_tokens=512)
+    plan = plan_batch(planner, b)
     splits = int((plan.items[:, ITEM_FIELDS.index("num_splits")] > 1).sum())
     print(f"items: {plan.num_prefill_items} prefill, {plan.num_decode_items} decode, {splits} in KV-splits")
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,

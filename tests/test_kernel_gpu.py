@@ -9,7 +9,7 @@ import torch
 
 from vllm_pod.plan import PodPlanner
 from vllm_pod.reference import reference_attention
-from vllm_pod.testing import KV_LAYOUTS, make_batch
+from vllm_pod.testing import KV_LAYOUTS, batch_shape, device_planner, make_batch, plan_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -17,20 +17,15 @@ TOL = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2, rel_norm=1e-2),
        torch.float16: dict(atol=4e-3, rtol=4e-3, rel_norm=2e-3)}
 
 
-def new_planner(b, max_num_tokens=16384, max_num_reqs=256):
-    from vllm_pod.ops import device_ctas_per_sm, device_prefill_tile_rows
-    return PodPlanner(num_q_heads=b.query.shape[1], num_kv_heads=b.key_cache.shape[2],
-                      head_dim=b.query.shape[2], block_size=b.key_cache.shape[1],
-                      num_sms=torch.cuda.get_device_properties(0).multi_processor_count,
-                      ctas_per_sm=device_ctas_per_sm(b.query.dtype, b.query.shape[2]),
-                      max_num_reqs=max_num_reqs, max_num_tokens=max_num_tokens, device="cuda",
-                      prefill_rows=device_prefill_tile_rows(b.query.dtype, b.query.shape[2]))
+def new_planner(b, max_num_tokens=16384, max_num_reqs=256, **options):
+    return device_planner(**batch_shape(b), max_num_reqs=max_num_reqs, max_num_tokens=max_num_tokens,
+                          **options)
 
 
 def run_pod(b, planner=None):
     from vllm_pod.ops import pod_attention
     planner = planner or new_planner(b)
-    plan = planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=b.num_decodes)
+    plan = plan_batch(planner, b)
     out = torch.full_like(b.query, float("nan"))
     pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
     torch.cuda.synchronize()
@@ -175,20 +170,12 @@ def test_unsupported_inputs_raise_clear_errors(bad, match):
 
 
 def test_plans_must_fit_the_kernels_prefill_tile():
-    from vllm_pod.ops import device_prefill_tile_rows, pod_attention
+    from vllm_pod.ops import device_prefill_tile_rows
     b = make_batch([300], [(200, 700)], num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,
                    dtype=torch.bfloat16, device="cuda", seed=7)
     rows = device_prefill_tile_rows(b.query.dtype, 128)
     # Taller items than the kernel's tile would lose rows: refused.
-    tall = PodPlanner(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, num_sms=132,
-                      ctas_per_sm=2, max_num_reqs=8, max_num_tokens=1024, device="cuda",
-                      prefill_rows=2 * rows)
-    plan = tall.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=1)
     with pytest.raises(RuntimeError, match="prefill_rows=vllm_pod.ops.device_prefill_tile_rows"):
-        pod_attention(torch.empty_like(b.query), b.query, b.key_cache, b.value_cache, b.block_table,
-                      plan, b.scale)
+        run_pod(b, new_planner(b, prefill_rows=2 * rows))
     # Shorter ones only leave part of the tile idle: still exact.
-    short = PodPlanner(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, num_sms=132,
-                       ctas_per_sm=2, max_num_reqs=8, max_num_tokens=1024, device="cuda",
-                       prefill_rows=rows // 2)
-    assert_matches_reference(b, run_pod(b, short))
+    assert_matches_reference(b, run_pod(b, new_planner(b, prefill_rows=rows // 2)))

@@ -1,10 +1,13 @@
-"""Random hybrid batches in vLLM's own layouts, shared by the tests and the kernel benchmark."""
+"""Random hybrid batches in vLLM's own layouts, and planners for them on the current GPU, shared by
+the tests and the kernel benchmarks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from vllm_pod.plan import PodPlan, PodPlanner
 
 # How the paged K/V cache is laid out in memory (vLLM 0.26 packs K and V per head: [..., 2*D]).
 KV_LAYOUTS = ("nhd_packed", "hnd_packed", "separate")
@@ -69,3 +72,27 @@ def make_batch(decode_lens: list[int], prefills: list[tuple[int, int]], *, num_q
                  block_table=block_table.to(device), query_start_loc=qsl.to(device),
                  seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device),
                  num_decodes=len(decode_lens), scale=head_dim ** -0.5)
+
+
+def batch_shape(b: Batch) -> dict:
+    """The shape keywords make_batch took for b (and device_planner takes)."""
+    return dict(num_q_heads=b.query.shape[1], num_kv_heads=b.key_cache.shape[2],
+                head_dim=b.query.shape[2], block_size=b.key_cache.shape[1], dtype=b.query.dtype)
+
+
+def device_planner(*, num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
+                   dtype: torch.dtype, max_num_reqs: int, max_num_tokens: int, **options) -> PodPlanner:
+    """A planner on the current GPU as the backend makes one: the GPU's SM count and the built
+    kernel's CTAs per SM and prefill tile height (options, e.g. prefill_rows, override them)."""
+    from vllm_pod.ops import device_ctas_per_sm, device_prefill_tile_rows
+    settings = dict(num_sms=torch.cuda.get_device_properties(0).multi_processor_count,
+                    ctas_per_sm=device_ctas_per_sm(dtype, head_dim),
+                    prefill_rows=device_prefill_tile_rows(dtype, head_dim)) | options
+    return PodPlanner(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                      block_size=block_size, max_num_reqs=max_num_reqs, max_num_tokens=max_num_tokens,
+                      device="cuda", **settings)
+
+
+def plan_batch(planner: PodPlanner, b: Batch) -> PodPlan:
+    """The plan of batch b, from host copies of its lengths, as the backend plans."""
+    return planner.plan(b.query_start_loc.cpu(), b.seq_lens.cpu(), num_decodes=b.num_decodes)
