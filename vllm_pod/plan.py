@@ -98,10 +98,10 @@ class PodPlanner:
         # so it adds at most that many pieces again.
         per_slot = {**SPLIT_ITEMS_PER_SLOT, **(split_items_per_slot or {})}
         self.split_targets = {kind: n * slots for kind, n in per_slot.items()}
-        self.split_target = max(self.split_targets.values())
-        self.max_items = base + 2 * self.split_target
-        self.max_split_rows = 2 * self.split_target * self.prefill_rows
-        self.max_merge_groups = self.split_target
+        split_target = max(self.split_targets.values())
+        self.max_items = base + 2 * split_target
+        self.max_split_rows = 2 * split_target * self.prefill_rows
+        self.max_merge_groups = split_target
 
         pin = self.device.type == "cuda"
         n_ints = PLAN_HEADER_INTS + self.max_items * ITEM_INTS

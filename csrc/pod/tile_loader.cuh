@@ -53,16 +53,17 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
   const T* vs = static_cast<const T*>(p.v) + page * p.v_stride_blk + off * p.v_stride_tok +
                 it.kv_head * p.v_stride_head + c * 8;
   const uint64_t policy = kReadOnce ? l2_evict_first_policy() : 0;
+  auto copy = [&](T* dst, const T* src, bool valid) {
+    if constexpr (kReadOnce)
+      cp_async_16_evict(dst, src, valid, policy);
+    else
+      cp_async_16(dst, src, valid);
+  };
 #pragma unroll
   for (int j = 0; j < kKeysPerThread; ++j) {
     const bool valid = pos0 + j < it.kv_end;
-    if constexpr (kReadOnce) {
-      cp_async_16_evict(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid, policy);
-      cp_async_16_evict(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid, policy);
-    } else {
-      cp_async_16(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
-      cp_async_16(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
-    }
+    copy(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
+    copy(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
   }
 }
 
