@@ -8,8 +8,8 @@
 # POD_NVCC_FLAGS, then: the GPU kernel tests (grid, fuzz, graphs),
 # compute-sanitizer memcheck on one hybrid batch, and POD's time on every STRIDE-th benchmark config
 # (no vLLM needed; BENCH_ARGS adds bench_kernel options, e.g. "--planner prefill=1 --planner prefill=4"
-# to time several planners). CHECK=0 skips the tests and memcheck (timing only, for a variant
-# whose code is already checked). Logs go to $OUT (or /tmp/pod-variants); a summary table ends the output.
+# to time several planners). CHECK=0 skips the tests and memcheck and runs only one hybrid batch
+# against the float32 reference (tests/sanitize_batch.py), so a wrong variant's time is flagged. Logs go to $OUT (or /tmp/pod-variants); a summary table ends the output.
 # With BENCH=1 each variant instead runs the full benchmark against FA3 (needs vLLM), writing
 # kernel_NAME.csv/.json there.
 set -uo pipefail
@@ -41,6 +41,10 @@ for spec in "$@"; do
   if [ "${CHECK:-1}" = 1 ]; then
     tests=$(timeout 300 python3 -m pytest -q -m gpu tests/test_kernel_gpu.py -x 2>&1 | tee "$out/tests_$name.log" | tail -1)
     memcheck=$(timeout 120 compute-sanitizer --tool memcheck python3 tests/sanitize_batch.py 2>&1 | tee "$out/memcheck_$name.log" | grep "ERROR SUMMARY")
+  elif timeout 60 python3 tests/sanitize_batch.py >"$out/smoke_$name.log" 2>&1; then
+    tests="one batch right"
+  else
+    tests="ONE BATCH WRONG (see smoke_$name.log)"
   fi
   timing=$(timeout 300 python3 -m benchmarks.bench_kernel --out /tmp/unused.csv --pod-only --stride "$stride" ${BENCH_ARGS:-} 2>&1 | tee "$out/pod_$name.txt" | tail -1)
   summary+=("$name [${spec#*:}]: tests: $tests | memcheck: ${memcheck:-none} | $timing")
