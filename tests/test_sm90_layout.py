@@ -50,7 +50,7 @@ def test_wgmma_variant_compiles_to_wgmma(tmp_path):
 # which must keep compiling.
 BUILDS = {"default": [], "keys32_stages4": ["-DPOD_SM90_PREFILL_KEYS=32", "-DPOD_PREFILL_STAGES=4"],
           "decode_keys32_stages4": ["-DPOD_DECODE_KEYS=32", "-DPOD_DECODE_STAGES=4"],
-          "decode_evict_first": ["-DPOD_DECODE_EVICT_FIRST=1"], "trace": ["-DPOD_TRACE=1"]}
+"trace": ["-DPOD_TRACE=1"]}
 
 
 @pytest.mark.skipif(nvcc() is None or cute_include_dir() is None, reason="needs nvcc and CuTe headers")

@@ -38,8 +38,6 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   using KVLayout = SwzLayout<Cfg>;
 #endif
   constexpr int kStages = kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
-  // Decode K/V is read once per launch: with POD_DECODE_EVICT_FIRST its lines leave L2 first.
-  constexpr bool kReadOnce = kIsDecode && POD_DECODE_EVICT_FIRST;
   T* sQ = reinterpret_cast<T*>(smem);
   T* sKV = sQ + Cfg::kQElems;  // the K/V ring, [stage][K|V][keys][D]
   auto sK = [&](int stage) { return sKV + (2 * stage) * kKeys * Cfg::D; };
@@ -66,7 +64,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s == 0 || s < num_tiles) {
-      load_kv_tile<Cfg, kKeys, KVLayout, kReadOnce>(sK(s), sV(s), p, it, it.kv_start + s * kKeys);
+      load_kv_tile<Cfg, kKeys, KVLayout>(sK(s), sV(s), p, it, it.kv_start + s * kKeys);
       cp_async_commit();
     }
   }
@@ -75,8 +73,8 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     // Tile t + kStages - 1 refills the stage the previous iteration's closing barrier freed.
     const int ahead = t + kStages - 1;
     if (ahead < num_tiles) {
-      load_kv_tile<Cfg, kKeys, KVLayout, kReadOnce>(sK(ahead % kStages), sV(ahead % kStages), p, it,
-                                                    it.kv_start + ahead * kKeys);
+      load_kv_tile<Cfg, kKeys, KVLayout>(sK(ahead % kStages), sV(ahead % kStages), p, it,
+                                         it.kv_start + ahead * kKeys);
       cp_async_commit();
       cp_async_wait<kStages - 1>();
     } else {

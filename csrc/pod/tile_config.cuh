@@ -3,13 +3,6 @@
 #pragma once
 #include "params.cuh"
 
-// Tuning switch, a candidate not yet run on a GPU: 1 loads decode K/V under an L2 evict-first
-// policy. Decode K/V is read once per launch and streams gigabytes through the 50 MB L2, where
-// the prefill's K/V, re-read by every query tile of its request, would rather stay.
-#ifndef POD_DECODE_EVICT_FIRST
-#define POD_DECODE_EVICT_FIRST 0
-#endif
-
 namespace pod {
 
 // kHopper_: the sm_90a configuration, whose prefill tiles run on wgmma (attention_tile_sm90.cuh).

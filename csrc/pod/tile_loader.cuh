@@ -35,8 +35,7 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
 // column chunk of kKeysPerThread consecutive keys, which lie in one page (tile starts are multiples
 // of kKeys, and kKeysPerThread divides 16, the smallest block size): one block-table read per
 // thread and tile instead of one per key (11% faster over the benchmark grid on an H100).
-// kReadOnce: the keys are read by this item only (decode), so their L2 lines go first.
-template <class Cfg, int kKeys, class Layout, bool kReadOnce = false>
+template <class Cfg, int kKeys, class Layout>
 __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
                                              const PodParams& p, const WorkItem& it,
                                              int tile_start) {
@@ -52,18 +51,11 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
                 it.kv_head * p.k_stride_head + c * 8;
   const T* vs = static_cast<const T*>(p.v) + page * p.v_stride_blk + off * p.v_stride_tok +
                 it.kv_head * p.v_stride_head + c * 8;
-  const uint64_t policy = kReadOnce ? l2_evict_first_policy() : 0;
-  auto copy = [&](T* dst, const T* src, bool valid) {
-    if constexpr (kReadOnce)
-      cp_async_16_evict(dst, src, valid, policy);
-    else
-      cp_async_16(dst, src, valid);
-  };
 #pragma unroll
   for (int j = 0; j < kKeysPerThread; ++j) {
     const bool valid = pos0 + j < it.kv_end;
-    copy(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
-    copy(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
+    cp_async_16(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
+    cp_async_16(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
   }
 }
 
