@@ -47,3 +47,24 @@ def test_trace_table_refuses_a_buffer_without_a_trace():
     from benchmarks.trace_items import item_table
     with pytest.raises(RuntimeError, match="POD_TRACE"):
         item_table(np.zeros((3, 16), dtype=np.int64), num_prefill=1, head_dim=128)
+
+
+def test_sass_mix_counts_opcodes_and_finds_the_hot_loop(tmp_path):
+    from benchmarks.sass_mix import hot_loop, mix, read_lines, report
+
+    head = ['"Kernel Name","k"', '"Address","Source","Warp Stall Sampling (All Samples)",'
+            '"Warp Stall Sampling (Not-issued Samples)","# Samples","Instructions Executed"']
+    body = [("MOV R1, c[0x0][0x28]", 10, 1),      # prologue: once per warp
+            ("HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24", 400, 7),
+            ("FMUL.FTZ R2, R2, R3", 400, 2),
+            ("@P0 FMUL.FTZ R4, R4, R3", 400, 1),  # predicated: the opcode is the second word
+            ("EXIT", 10, 0)]
+    path = tmp_path / "k_sass.csv"
+    path.write_text("\n".join(head + [f'"0x{i:x}","{s}","{w}","{w}","{w}","{n:,}"'
+                                      for i, (s, n, w) in enumerate(body)]) + "\n")
+    lines = read_lines(path)
+    assert [ln.opcode for ln in lines] == ["MOV", "HGMMA", "FMUL", "FMUL", "EXIT"]
+    assert mix(lines)[0] == ("FMUL", 800, 3)
+    count, loop = hot_loop(lines)
+    assert count == 400 and len(loop) == 3
+    assert "hot loop: 3 instructions per pass, 400 passes" in report(path)
