@@ -36,19 +36,27 @@ struct Sw128Layout {
   __device__ __forceinline__ static int at(int row, int col) { return sw128<kRows>(row, col); }
 };
 
-// A wgmma shared-memory descriptor for an SW128 operand starting at `smem` (bytes: lbo = leading,
-// sbo = stride byte offset, as make_gmma_desc computes them for these layouts).
-__device__ __forceinline__ uint64_t gmma_desc(const void* smem, uint32_t lbo, uint32_t sbo) {
-  const uint64_t addr = smem_addr(smem);
-  return ((addr >> 4) & 0x3FFF) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
-         (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);  // layout type 1: SW128
-}
 constexpr uint32_t kAtomBytes = 1024;  // 8 rows x 128 bytes: the stride between 8-row groups
+
+// The wgmma shared-memory descriptor of an SW128 operand `offset` bytes into the tile at shared
+// address `tile` (lbo = leading byte offset as make_gmma_desc computes it for these layouts; the
+// stride byte offset is always one 8-row atom). Fields: start address >> 4 (bits 0-13), lbo >> 4
+// (16-29), sbo >> 4 (32-45), layout type 1 = SW128 (62-63).
+__host__ __device__ constexpr uint64_t sw128_desc(uint32_t tile, uint32_t offset, uint32_t lbo) {
+#if POD_SM90_DESC_ADD
+  // Shared addresses lie below 2^18, so tile >> 4 fits the 14-bit start field unmasked and a k-step
+  // is one constant added to the tile's start: one uniform add per wgmma, not a rebuilt descriptor.
+  const uint32_t lo = (tile >> 4) + (offset >> 4) + ((lbo >> 4) << 16);
+#else
+  const uint32_t lo = (((tile + offset) >> 4) & 0x3FFF) | (((lbo >> 4) & 0x3FFF) << 16);
+#endif
+  return (uint64_t((kAtomBytes >> 4) | (1u << 30)) << 32) | lo;
+}
 
 // K-major operand (Q as A, K as B): the 16-column k-step kk of a [kRows x D] tile.
 template <typename T, int kRows>
 __device__ __forceinline__ uint64_t kmajor_desc(const T* tile, int kk) {
-  return gmma_desc(tile + sw128<kRows>(0, 16 * kk), 16, kAtomBytes);
+  return sw128_desc(smem_addr(tile), sizeof(T) * sw128<kRows>(0, 16 * kk), 16);
 }
 // MN-major operand (V as B, N = D): keys [16*kk, 16*kk+16) of a [kKeys x D] tile stored by key;
 // consecutive 64-column blocks of D lie kKeys * 128 bytes apart (no second block: 0).
@@ -56,7 +64,7 @@ template <int kKeys, int D>
 constexpr uint32_t kMnMajorLbo = D > 64 ? kKeys * 128 : 0;
 template <typename T, int kKeys, int D>
 __device__ __forceinline__ uint64_t mnmajor_desc(const T* tile, int kk) {
-  return gmma_desc(tile + sw128<kKeys>(16 * kk, 0), kMnMajorLbo<kKeys, D>, kAtomBytes);
+  return sw128_desc(smem_addr(tile), sizeof(T) * sw128<kKeys>(16 * kk, 0), kMnMajorLbo<kKeys, D>);
 }
 
 template <typename T> struct CuteType;

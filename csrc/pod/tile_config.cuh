@@ -3,6 +3,22 @@
 #pragma once
 #include "params.cuh"
 
+// Candidates from session 5's profile, compiled and counted in SASS but not yet run on a GPU
+// (benchmarks/NOTES.md): the prefill loop is bound by its instruction count, and each trims it.
+// POD_SM90_DESC_ADD=1: wgmma descriptors as the tile's start plus a constant.
+#ifndef POD_SM90_DESC_ADD
+#define POD_SM90_DESC_ADD 0
+#endif
+// POD_RESCALE_SLACK=0: a warp skips rescaling o when none of its rows' running max moved (exact:
+// the factor was 1). =S > 0: also, a row keeps its reference max until its scores exceed it by more
+// than S (log2 units), as FlashAttention-4 does; P then reaches 2^S and loses the exact 1 that the
+// max term gets, so peaked rows come out up to ~2x less accurate in bf16 (a CPU emulation: 0.005
+// against 0.0026 max abs error at spread 4).
+// POD_KV_POINTER_STEP=1: a thread's K/V source pointers step by one token per key, unclamped.
+#ifndef POD_KV_POINTER_STEP
+#define POD_KV_POINTER_STEP 0
+#endif
+
 namespace pod {
 
 // kHopper_: the sm_90a configuration, whose prefill tiles run on wgmma (attention_tile_sm90.cuh).

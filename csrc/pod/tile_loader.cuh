@@ -54,8 +54,17 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 #pragma unroll
   for (int j = 0; j < kKeysPerThread; ++j) {
     const bool valid = pos0 + j < it.kv_end;
+#if POD_KV_POINTER_STEP
+    // Past kv_end the address still lies in the same page (the thread's keys share one), and a
+    // zero-fill copy reads nothing: no clamp, and one 64-bit add per key instead of a multiply.
+    cp_async_16(sK + Layout::at(key0 + j, c * 8), ks, valid);
+    cp_async_16(sV + Layout::at(key0 + j, c * 8), vs, valid);
+    ks += p.k_stride_tok;
+    vs += p.v_stride_tok;
+#else
     cp_async_16(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
     cp_async_16(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
+#endif
   }
 }
 

@@ -20,6 +20,20 @@ static int failures = 0;
 
 alignas(1024) static T buf[256 * 256];
 
+// sw128_desc for an operand `offset` bytes into a tile at shared address `tile`, against CuTe's
+// descriptor of the same slice (cute_desc): every field equal, the start being (tile + offset) >> 4.
+// Shared addresses are synthetic (CuTe's host descriptor holds a host address), up to the top of
+// the 227 KB a CTA can have.
+void check_desc(GmmaDescriptor cute_desc, uint32_t tile, uint32_t offset, uint32_t lbo, const char* what) {
+  for (uint32_t base : {0u, 1024u, 65536u, 131072u, 163840u}) {
+    GmmaDescriptor ours, want = cute_desc;
+    ours.desc_ = pod::sm90::sw128_desc(base + tile, offset, lbo);
+    want.bitfield.start_address_ = (base + tile + offset) >> 4;
+    EXPECT(ours.desc_ == want.desc_, "%s: descriptor %016llx, CuTe's %016llx (tile at %u)\n", what,
+           (unsigned long long)ours.desc_, (unsigned long long)want.desc_, base + tile);
+  }
+}
+
 // K-major tile [kRows x kD] (Q as A, K as B): offsets, and per m-slice of kSliceRows rows (the
 // wgmma A operand is 64 rows) and 16-column step, the descriptor strides and the start offset
 // issue_qk uses (m64_slice, then kmajor_desc's column step).
@@ -39,6 +53,8 @@ void check_kmajor() {
       const int start = pod::sm90::m64_slice(mt) + pod::sm90::sw128<kRows>(0, 16 * kk);
       EXPECT(&slice(0, 0) - buf == start,
              "kmajor %dx%d start mt=%d kk=%d\n", kRows, kD, mt, kk);
+      check_desc(d, sizeof(T) * pod::sm90::m64_slice(mt), sizeof(T) * pod::sm90::sw128<kRows>(0, 16 * kk),
+                 16, "kmajor");
     }
 }
 
@@ -59,6 +75,7 @@ void check_mnmajor() {
            "mnmajor %dx%d kk=%d descriptor strides (lbo %d sbo %d)\n", kKeys, kD, kk,
            int(d.bitfield.leading_byte_offset_), int(d.bitfield.stride_byte_offset_));
     EXPECT(&slice(0, 0) - buf == pod::sm90::sw128<kKeys>(16 * kk, 0), "mnmajor start kk=%d\n", kk);
+    check_desc(d, 0, sizeof(T) * pod::sm90::sw128<kKeys>(16 * kk, 0), lbo, "mnmajor");
   }
 }
 
