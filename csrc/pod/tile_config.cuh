@@ -14,9 +14,9 @@
 // than S (log2 units), as FlashAttention-4 does; P then reaches 2^S and loses the exact 1 that the
 // max term gets, so peaked rows come out up to ~2x less accurate in bf16 (a CPU emulation: 0.005
 // against 0.0026 max abs error at spread 4).
-// POD_KV_POINTER_STEP=1: a thread's K/V source pointers step by one token per key, unclamped.
-#ifndef POD_KV_POINTER_STEP
-#define POD_KV_POINTER_STEP 0
+// POD_KV_LEAN_ADDRESS=1: K/V source addresses with 32-bit offsets within a page, stepped per key.
+#ifndef POD_KV_LEAN_ADDRESS
+#define POD_KV_LEAN_ADDRESS 0
 #endif
 
 namespace pod {

@@ -45,8 +45,25 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
   const int c = threadIdx.x % Cfg::kChunks;
   const int key0 = threadIdx.x / Cfg::kChunks * kKeysPerThread;
   const int pos0 = tile_start + key0;
-  const int64_t page = pos0 < it.kv_end ? __ldg(p.block_table + it.req * p.bt_stride + (pos0 >> p.log2_block_size)) : 0;
-  const int64_t off = pos0 & ((1 << p.log2_block_size) - 1);
+  const int page = pos0 < it.kv_end ? __ldg(p.block_table + it.req * p.bt_stride + (pos0 >> p.log2_block_size)) : 0;
+  const int off = pos0 & ((1 << p.log2_block_size) - 1);
+#if POD_KV_LEAN_ADDRESS
+  // Only the page's offset needs 64 bits (one wide multiply); within a page the offsets fit 32 bits
+  // (the op checks the strides). Past kv_end the address still lies in the same page (a thread's
+  // keys share one) and a zero-fill copy reads nothing, so the source steps per key, unclamped.
+  const int k_tok = int(p.k_stride_tok), v_tok = int(p.v_stride_tok);
+  const uint32_t upage = page;  // non-negative: unsigned 32 x 32 -> 64 is one instruction
+  const T* ks = static_cast<const T*>(p.k) + uint64_t(upage) * uint32_t(p.k_stride_blk) +
+                (off * k_tok + it.kv_head * int(p.k_stride_head) + c * 8);
+  const T* vs = static_cast<const T*>(p.v) + uint64_t(upage) * uint32_t(p.v_stride_blk) +
+                (off * v_tok + it.kv_head * int(p.v_stride_head) + c * 8);
+#pragma unroll
+  for (int j = 0; j < kKeysPerThread; ++j, ks += k_tok, vs += v_tok) {
+    const bool valid = pos0 + j < it.kv_end;
+    cp_async_16(sK + Layout::at(key0 + j, c * 8), ks, valid);
+    cp_async_16(sV + Layout::at(key0 + j, c * 8), vs, valid);
+  }
+#else
   const T* ks = static_cast<const T*>(p.k) + page * p.k_stride_blk + off * p.k_stride_tok +
                 it.kv_head * p.k_stride_head + c * 8;
   const T* vs = static_cast<const T*>(p.v) + page * p.v_stride_blk + off * p.v_stride_tok +
@@ -54,18 +71,10 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 #pragma unroll
   for (int j = 0; j < kKeysPerThread; ++j) {
     const bool valid = pos0 + j < it.kv_end;
-#if POD_KV_POINTER_STEP
-    // Past kv_end the address still lies in the same page (the thread's keys share one), and a
-    // zero-fill copy reads nothing: no clamp, and one 64-bit add per key instead of a multiply.
-    cp_async_16(sK + Layout::at(key0 + j, c * 8), ks, valid);
-    cp_async_16(sV + Layout::at(key0 + j, c * 8), vs, valid);
-    ks += p.k_stride_tok;
-    vs += p.v_stride_tok;
-#else
     cp_async_16(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
     cp_async_16(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
-#endif
   }
+#endif
 }
 
 }  // namespace pod
