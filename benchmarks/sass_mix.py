@@ -1,19 +1,27 @@
-"""Instruction mix of a kernel from Nsight Compute's per-instruction source page, for comparing two
-kernels by what they execute (METHOD.md: count before changing):
+"""Instruction mix of a kernel, for comparing kernels or builds by what they execute (METHOD.md:
+count before changing). Two sources:
 
     ncu -i run.ncu-rep --page source --print-source sass --csv > run_sass.csv
     python -m benchmarks.sass_mix run_sass.csv [other_sass.csv ...]
 
-Per file: executed warp instructions by opcode (and the share of stall samples on them), then the
-same for the kernel's hot loop body, taken as the SASS lines executed exactly as often as the most
-frequent per-line count weighs (the unrolled main loop runs once per tile, so its lines share one
-count): its length is the loop's instruction cost per warp per tile.
+executed warp instructions by opcode (and the share of stall samples on them), then the same for
+the kernel's hot loop body, taken as the SASS lines executed exactly as often as the most frequent
+per-line count weighs (the unrolled main loop runs once per tile, so its lines share one count):
+its length is the loop's instruction cost per warp per tile. And, with no GPU,
+
+    cuobjdump -sass kernel.cubin > kernel.sass      (benchmarks/sass_count.sh does this)
+    python -m benchmarks.sass_mix --static kernel.sass --function Lb1E
+
+the static loops (backward branches) of the function whose name contains the given text that
+issue wgmma, with their length and opcode counts: both tile paths of a loop body are counted,
+so it bounds, not measures, what a pass executes.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +87,46 @@ def report(path: Path, top: int = 20) -> str:
     return "\n".join(out)
 
 
+def static_loops(sass: str, function: str) -> list[tuple[int, int, list[str]]]:
+    """(start, end, instructions) of each loop in `function` of a cuobjdump -sass listing."""
+    bodies = [f for f in sass.split("Function : ")[1:] if function in f.split("\n", 1)[0]]
+    if not bodies:
+        raise SystemExit(f"no function containing {function!r} in the listing")
+    code = [(int(a, 16), ins.strip()) for a, ins in
+            re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", bodies[0])]
+    at = {a: i for i, (a, _) in enumerate(code)}
+    loops = []
+    for i, (a, ins) in enumerate(code):
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", ins)
+        if target and int(target.group(1), 16) < a and int(target.group(1), 16) in at:
+            first = at[int(target.group(1), 16)]
+            loops.append((code[first][0], a, [c for _, c in code[first:i + 1]]))
+    return loops
+
+
+def static_report(path: Path, function: str, top: int = 20) -> str:
+    out = []
+    for start, end, body in static_loops(path.read_text(encoding="utf-8"), function):
+        ops = Counter(Line(ins, 1, 0).opcode for ins in body)
+        if ops["HGMMA"]:
+            out.append(f"{path.name}: loop {start:#x}-{end:#x}: {len(body)} instructions, "
+                       f"{ops['HGMMA']} HGMMA")
+            out.append("    " + ", ".join(f"{op} {k}" for op, k in ops.most_common(top)))
+    return "\n".join(out) or f"{path.name}: no loop issuing wgmma in {function}"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("csv", nargs="+", type=Path)
+    ap.add_argument("files", nargs="+", type=Path, help="ncu source-page CSVs, or SASS with --static")
+    ap.add_argument("--static", action="store_true", help="the files are cuobjdump -sass listings")
+    ap.add_argument("--function", default="Lb1E", help="with --static: text in the function's name "
+                    "(default: the Hopper configuration, TileConfig<..., true>)")
     ap.add_argument("--top", type=int, default=20)
     args = ap.parse_args(argv)
-    print("\n\n".join(report(p, args.top) for p in args.csv))
+    if args.static:
+        print("\n\n".join(static_report(p, args.function, args.top) for p in args.files))
+    else:
+        print("\n\n".join(report(p, args.top) for p in args.files))
 
 
 if __name__ == "__main__":

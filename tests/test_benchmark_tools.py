@@ -68,3 +68,25 @@ def test_sass_mix_counts_opcodes_and_finds_the_hot_loop(tmp_path):
     count, loop = hot_loop(lines)
     assert count == 400 and len(loop) == 3
     assert "hot loop: 3 instructions per pass, 400 passes" in report(path)
+
+
+def test_sass_mix_static_finds_wgmma_loops_by_their_backward_branch(tmp_path):
+    from benchmarks.sass_mix import static_loops, static_report
+
+    listing = """
+        Function : _ZN3pod20pod_attention_kernelINS_10TileConfigI13__nv_bfloat16Li128ELb0EEEEEvNS_9PodParamsE
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   BRA 0x0 ;
+        Function : _ZN3pod20pod_attention_kernelINS_10TileConfigI13__nv_bfloat16Li128ELb1EEEEEvNS_9PodParamsE
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0020*/                   FMUL.FTZ R2, R2, R3 ;
+        /*0030*/              @!P0 BRA 0x10 ;
+        /*0040*/                   EXIT ;
+    """
+    path = tmp_path / "k.sass"
+    path.write_text(listing)
+    loops = static_loops(listing, "Lb1E")
+    assert [(start, end, len(body)) for start, end, body in loops] == [(0x10, 0x30, 3)]
+    assert "loop 0x10-0x30: 3 instructions, 1 HGMMA" in static_report(path, "Lb1E")
+    assert "no loop issuing wgmma" in static_report(path, "Lb0E")  # its only loop has no wgmma
