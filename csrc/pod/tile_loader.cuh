@@ -57,9 +57,10 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
                 (off * k_tok + it.kv_head * int(p.k_stride_head) + c * 8);
   const T* vs = static_cast<const T*>(p.v) + uint64_t(upage) * uint32_t(p.v_stride_blk) +
                 (off * v_tok + it.kv_head * int(p.v_stride_head) + c * 8);
+  const int num_valid = it.kv_end - pos0;  // compared with the unrolled j: one compare per key
 #pragma unroll
   for (int j = 0; j < kKeysPerThread; ++j, ks += k_tok, vs += v_tok) {
-    const bool valid = pos0 + j < it.kv_end;
+    const bool valid = j < num_valid;
     cp_async_16(sK + Layout::at(key0 + j, c * 8), ks, valid);
     cp_async_16(sV + Layout::at(key0 + j, c * 8), vs, valid);
   }
