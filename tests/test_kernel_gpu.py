@@ -112,6 +112,21 @@ def test_fuzz_hybrid_batches():
             raise AssertionError(f"fuzz batch {i} (q_len, seq_len)={lens} block={key[2]}: {e}") from e
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_score_spikes_early_and_late(dtype):
+    # Keys scaled up 20x make scores ~30 log2 units above the rest: at position 3 a row's running
+    # max is reached at once (later tiles leave it, and o, alone), and at 3/4 of each sequence it
+    # jumps long after the start, so o must be rescaled after many tiles that did not move it.
+    b = make_batch([40, 3000, 9000], [(300, 5000), (1, 7000), (128, 128)], num_q_heads=32,
+                   num_kv_heads=8, head_dim=128, block_size=16, dtype=dtype, device="cuda", seed=11)
+    bs = b.key_cache.shape[1]
+    for r, seq_len in enumerate(b.seq_lens.tolist()):
+        for pos in {3, 3 * seq_len // 4}:
+            block = int(b.block_table[r, pos // bs])
+            b.key_cache[block, pos % bs] *= 20
+    assert_matches_reference(b, run_pod(b))
+
+
 def test_repeated_launches_are_bitwise_identical():
     # Scheduling is dynamic, but each row's arithmetic is not: a difference would mean a race.
     b = make_batch([3000, 17, 9000], [(200, 700), (1, 5000)], num_q_heads=32, num_kv_heads=8,
