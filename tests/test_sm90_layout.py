@@ -51,7 +51,8 @@ def test_wgmma_variant_compiles_to_wgmma(tmp_path):
 # which must keep compiling.
 BUILDS = {"default": [], "keys32_stages4": ["-DPOD_SM90_PREFILL_KEYS=32", "-DPOD_PREFILL_STAGES=4"],
           "decode_keys32_stages4": ["-DPOD_DECODE_KEYS=32", "-DPOD_DECODE_STAGES=4"],
-          "lean_loop": ["-DPOD_SM90_DESC_ADD=1", "-DPOD_RESCALE_SLACK=8", "-DPOD_KV_LEAN_ADDRESS=1"],
+          "lean_loop": ["-DPOD_SM90_DESC_ADD=1", "-DPOD_RESCALE_SLACK=8", "-DPOD_KV_LEAN_ADDRESS=1",
+                        "-DPOD_ONE_BARRIER_PER_TILE=1"],
           "trace": ["-DPOD_TRACE=1"]}
 
 

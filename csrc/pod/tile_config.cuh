@@ -18,6 +18,11 @@
 #ifndef POD_KV_LEAN_ADDRESS
 #define POD_KV_LEAN_ADDRESS 0
 #endif
+// POD_ONE_BARRIER_PER_TILE=1: the K/V ring's refill is issued after the tile's barrier, which then
+// also frees the stage, instead of a second barrier at the end of every tile.
+#ifndef POD_ONE_BARRIER_PER_TILE
+#define POD_ONE_BARRIER_PER_TILE 0
+#endif
 
 namespace pod {
 
