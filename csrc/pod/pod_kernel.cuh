@@ -59,15 +59,15 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   st.init();
   const int num_tiles = (it.kv_end - it.kv_start + kKeys - 1) / kKeys;
   load_query_rows<Cfg, QLayout>(sQ, p, it, kRows);
-  // One commit group per K/V tile: waiting for tile t leaves the (up to kStages - 1) newer ones in
-  // flight. Every item has at least one tile.
+  // One commit group per K/V tile, into its stage of the ring: waiting for tile t leaves the (up
+  // to kStages - 1) newer ones in flight.
+  auto load_tile = [&](int t) {
+    load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, it.kv_start + t * kKeys);
+    cp_async_commit();
+  };
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s == 0 || s < num_tiles) {
-      load_kv_tile<Cfg, kKeys, KVLayout>(sK(s), sV(s), p, it, it.kv_start + s * kKeys);
-      cp_async_commit();
-    }
-  }
+  for (int t = 0; t < kStages - 1; ++t)
+    if (t == 0 || t < num_tiles) load_tile(t);  // every item has at least one tile
   for (int t = 0; t < num_tiles; ++t) {
     const int tile_start = it.kv_start + t * kKeys;
     const int ahead = t + kStages - 1;
@@ -77,17 +77,11 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     cp_async_wait_newest<kStages - 2>(min(kStages - 2, num_tiles - 1 - t));
     if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();
-    if (ahead < num_tiles) {
-      load_kv_tile<Cfg, kKeys, KVLayout>(sK(ahead % kStages), sV(ahead % kStages), p, it,
-                                         it.kv_start + ahead * kKeys);
-      cp_async_commit();
-    }
+    if (ahead < num_tiles) load_tile(ahead);
 #else
     // Tile t + kStages - 1 refills the stage the previous iteration's closing barrier freed.
     if (ahead < num_tiles) {
-      load_kv_tile<Cfg, kKeys, KVLayout>(sK(ahead % kStages), sV(ahead % kStages), p, it,
-                                         it.kv_start + ahead * kKeys);
-      cp_async_commit();
+      load_tile(ahead);
       cp_async_wait<kStages - 1>();
     } else {
       cp_async_wait_newest<kStages - 2>(num_tiles - 1 - t);
