@@ -9,7 +9,8 @@
 # compute-sanitizer memcheck on one hybrid batch, and POD's time on every STRIDE-th benchmark config
 # (no vLLM needed; BENCH_ARGS adds bench_kernel options, e.g. "--planner prefill=1 --planner prefill=4"
 # to time several planners). CHECK=0 skips the tests and memcheck and runs only one hybrid batch
-# against the float32 reference (tests/sanitize_batch.py), so a wrong variant's time is flagged. Logs go to $OUT (or /tmp/pod-variants); a summary table ends the output.
+# against the float32 reference (tests/sanitize_batch.py), so a wrong variant's time is flagged.
+# Logs go to $OUT (or /tmp/pod-variants); a summary table ends the output.
 # With BENCH=1 each variant instead runs the full benchmark against FA3 (needs vLLM), writing
 # kernel_NAME.csv/.json there.
 set -uo pipefail

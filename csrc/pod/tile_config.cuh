@@ -9,11 +9,11 @@
 #ifndef POD_SM90_DESC_ADD
 #define POD_SM90_DESC_ADD 0
 #endif
-// POD_RESCALE_SLACK=0: a warp skips rescaling o when none of its rows' running max moved (exact:
-// the factor was 1). =S > 0: also, a row keeps its reference max until its scores exceed it by more
-// than S (log2 units), as FlashAttention-4 does; P then reaches 2^S and loses the exact 1 that the
-// max term gets, so peaked rows come out up to ~2x less accurate in bf16 (a CPU emulation: 0.005
-// against 0.0026 max abs error at spread 4).
+// POD_RESCALE_SLACK (undefined by default: o is rescaled every tile) =0: a warp skips rescaling o
+// when none of its rows' running max moved (exact: the factor was 1). =S > 0: also, a row keeps
+// its reference max until its scores exceed it by more than S (log2 units), as FlashAttention-4
+// does; P then reaches 2^S and loses the exact 1 that the max term gets, so peaked rows come out
+// up to ~2x less accurate in bf16 (a CPU emulation: 0.005 against 0.0026 max abs error at spread 4).
 // POD_KV_LEAN_ADDRESS=1: K/V source addresses with 32-bit offsets within a page, stepped per key.
 #ifndef POD_KV_LEAN_ADDRESS
 #define POD_KV_LEAN_ADDRESS 0
