@@ -20,11 +20,10 @@ import torch
 
 from benchmarks.bench_kernel import (SHAPE, hybrid_batch, new_planner, parse_planner, planner_kwargs,
                                      pod_call, write_csv)
-from vllm_pod.plan import ITEM_FIELDS, ITEM_INTS, PLAN_HEADER_INTS, TRACE_FIELDS
+from vllm_pod.plan import ITEM_FIELDS, ITEM_INTS, MAX_SM_IDS, PLAN_HEADER_INTS, TRACE_FIELDS
 from vllm_pod.testing import plan_batch
 
 FIELDS = ITEM_FIELDS + TRACE_FIELDS
-MAX_SM_IDS = 1024  # csrc/pod/params.cuh kMaxSmIds
 KEY_BINS = (512, 2048, 8192)
 
 

@@ -29,7 +29,8 @@ ITEM_FIELDS = ("req", "kv_head", "h0", "nh", "q_start", "n_tok", "q_pos0", "kv_s
 # The item's last ints: zero here, written by trace builds (csrc/pod/trace.cuh).
 TRACE_FIELDS = ("trace_cta_sm", "trace_start", "trace_end")
 assert len(ITEM_FIELDS) + len(TRACE_FIELDS) == ITEM_INTS
-COUNTER_MERGE_BASE = 4 + 1024  # kCtrSmSlots + kMaxSmIds
+MAX_SM_IDS = 1024  # kMaxSmIds (csrc/pod/params.cuh): bound on the SM ids the kernel indexes by
+COUNTER_MERGE_BASE = 4 + MAX_SM_IDS  # kCtrSmSlots + kMaxSmIds
 
 DECODE_TILE_ROWS = 16
 # Rows of the mma.sync prefill tile (4 warps x one m16 tile). The Hopper tile has 128 (64 at head
