@@ -112,13 +112,11 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   check_rows_aligned(out, "out");
   check_rows_aligned(key_cache, "key_cache");
   check_rows_aligned(value_cache, "value_cache");
-#if POD_KV_LEAN_ADDRESS
-  // That candidate's K/V loader (tile_loader.cuh) computes offsets within a block in 32 bits.
+  // The K/V loader (tile_loader.cuh) computes offsets within a block in 32 bits.
   for (const at::Tensor* t : {&key_cache, &value_cache})
     TORCH_CHECK(t->stride(0) < (int64_t(1) << 31) &&
                     (block_size - 1) * t->stride(1) + (hkv - 1) * t->stride(2) + head_dim < (int64_t(1) << 31),
                 "key/value cache strides too large for 32-bit offsets within a block: ", nums(t->strides()));
-#endif
   TORCH_CHECK(block_table.scalar_type() == at::kInt && block_table.dim() == 2 && block_table.stride(1) == 1,
               "block_table must be int32 [num_reqs, max_blocks] with contiguous rows");
   TORCH_CHECK(plan.scalar_type() == at::kInt && plan.is_contiguous(), "plan must be contiguous int32");

@@ -184,6 +184,20 @@ def test_unsupported_inputs_raise_clear_errors(bad, match):
                       plan, b.scale)
 
 
+def test_kv_cache_strides_beyond_32_bit_offsets_raise():
+    # The K/V loader offsets within a block in 32 bits; a cache whose block stride reaches 2^31
+    # elements (two blocks 4 GiB apart here) must be refused, not wrap around.
+    from vllm_pod.ops import pod_attention
+    b = make_batch([16], [], num_q_heads=2, num_kv_heads=1, head_dim=128, block_size=16,
+                   dtype=torch.bfloat16, device="cuda")
+    cache = torch.empty_strided((2, 16, 1, 128), (1 << 31, 128, 128, 1), dtype=torch.bfloat16, device="cuda")
+    plan = plan_batch(new_planner(b), b)
+    with pytest.raises(RuntimeError, match="too large for 32-bit offsets"):
+        pod_attention(torch.empty_like(b.query), b.query, cache, cache, torch.zeros_like(b.block_table), plan,
+                      b.scale)
+    del cache
+
+
 def test_plans_must_fit_the_kernels_prefill_tile():
     from vllm_pod.ops import device_prefill_tile_rows
     b = make_batch([300], [(200, 700)], num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,

@@ -75,12 +75,6 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, fl
     for (int j = 0; j < NK / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-#if defined(POD_RESCALE_SLACK) && POD_RESCALE_SLACK > 0
-    // Keep the reference max while the new one is within the slack: probabilities then stay below
-    // 2^slack (safe in fp32 sums and in bf16/fp16 P), alpha is exactly 1 and o needs no rescale.
-    // (-inf - -inf is NaN, so a row with no visible key yet also keeps its -inf.)
-    if ((mx - st.m[mt][r]) * scale_log2 <= float(POD_RESCALE_SLACK)) mx = st.m[mt][r];
-#endif
     // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives exact zeros.
     const float base = mx == -INFINITY ? 0.f : mx * scale_log2;
     alpha[r] = exp2f(st.m[mt][r] * scale_log2 - base);
@@ -107,17 +101,15 @@ __device__ __forceinline__ void rescale_o(WarpState<Cfg, M>& st, int mt, const f
   }
 }
 
-// online_softmax with the rescale of o applied at once.
+// online_softmax with the rescale of o applied at once, skipped by a warp none of whose rows' max
+// moved (every factor is then exactly 1, so the skip is exact).
 template <class Cfg, int M, int NK, bool kMask>
 __device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int mt,
                                                       float (&s)[NK / 8][4], int key0, int kv_end,
                                                       const int (&pos)[2], float scale_log2) {
   float alpha[2];
   online_softmax<Cfg, M, NK, kMask>(st, mt, s, key0, kv_end, pos, scale_log2, alpha);
-#ifdef POD_RESCALE_SLACK
-  if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f))
-#endif
-    rescale_o<Cfg, M>(st, mt, alpha);
+  if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) rescale_o<Cfg, M>(st, mt, alpha);
 }
 
 // The A fragment (16 rows x 16 keys) of P for keys [16*kk, 16*kk+16): the accumulators of two

@@ -43,13 +43,9 @@ constexpr uint32_t kAtomBytes = 1024;  // 8 rows x 128 bytes: the stride between
 // stride byte offset is always one 8-row atom). Fields: start address >> 4 (bits 0-13), lbo >> 4
 // (16-29), sbo >> 4 (32-45), layout type 1 = SW128 (62-63).
 __host__ __device__ constexpr uint64_t sw128_desc(uint32_t tile, uint32_t offset, uint32_t lbo) {
-#if POD_SM90_DESC_ADD
   // Shared addresses lie below 2^18, so tile >> 4 fits the 14-bit start field unmasked and a k-step
   // is one constant added to the tile's start: one uniform add per wgmma, not a rebuilt descriptor.
   const uint32_t lo = (tile >> 4) + (offset >> 4) + ((lbo >> 4) << 16);
-#else
-  const uint32_t lo = (((tile + offset) >> 4) & 0x3FFF) | (((lbo >> 4) & 0x3FFF) << 16);
-#endif
   return (uint64_t((kAtomBytes >> 4) | (1u << 30)) << 32) | lo;
 }
 

@@ -71,14 +71,6 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   for (int t = 0; t < num_tiles; ++t) {
     const int tile_start = it.kv_start + t * kKeys;
     const int ahead = t + kStages - 1;
-#if POD_ONE_BARRIER_PER_TILE
-    // Tile t landed (the newer ones may stay in flight); one barrier makes it visible to all and
-    // shows every thread done with tile t - 1, whose stage tile t + kStages - 1 then refills.
-    cp_async_wait_newest<kStages - 2>(min(kStages - 2, num_tiles - 1 - t));
-    if constexpr (kWgmma) fence_proxy_async();
-    __syncthreads();
-    if (ahead < num_tiles) load_tile(ahead);
-#else
     // Tile t + kStages - 1 refills the stage the previous iteration's closing barrier freed.
     if (ahead < num_tiles) {
       load_tile(ahead);
@@ -88,7 +80,6 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     }
     if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();
-#endif
     const int stage = t % kStages;
     const bool masked = tile_start > mask_from;
     if constexpr (kIsDecode) {
@@ -119,13 +110,8 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
         warp_attend<Cfg, kM, kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
                                            it.kv_end, row_pos, p.scale_log2);
     }
-#if !POD_ONE_BARRIER_PER_TILE
     __syncthreads();  // the stage is refilled next iteration
-#endif
   }
-#if POD_ONE_BARRIER_PER_TILE
-  __syncthreads();  // the decode merge reuses the ring's shared memory
-#endif
 
   const RowSink<Cfg> sink{p, it};
   if constexpr (kIsDecode)

@@ -3,27 +3,6 @@
 #pragma once
 #include "params.cuh"
 
-// Candidates from session 5's profile, compiled and counted in SASS but not yet run on a GPU
-// (benchmarks/NOTES.md): the prefill loop is bound by its instruction count, and each trims it.
-// POD_SM90_DESC_ADD=1: wgmma descriptors as the tile's start plus a constant.
-#ifndef POD_SM90_DESC_ADD
-#define POD_SM90_DESC_ADD 0
-#endif
-// POD_RESCALE_SLACK (undefined by default: o is rescaled every tile) =0: a warp skips rescaling o
-// when none of its rows' running max moved (exact: the factor was 1). =S > 0: also, a row keeps
-// its reference max until its scores exceed it by more than S (log2 units), as FlashAttention-4
-// does; P then reaches 2^S and loses the exact 1 that the max term gets, so peaked rows come out
-// up to ~2x less accurate in bf16 (a CPU emulation: 0.005 against 0.0026 max abs error at spread 4).
-// POD_KV_LEAN_ADDRESS=1: K/V source addresses with 32-bit offsets within a page, stepped per key.
-#ifndef POD_KV_LEAN_ADDRESS
-#define POD_KV_LEAN_ADDRESS 0
-#endif
-// POD_ONE_BARRIER_PER_TILE=1: the K/V ring's refill is issued after the tile's barrier, which then
-// also frees the stage, instead of a second barrier at the end of every tile.
-#ifndef POD_ONE_BARRIER_PER_TILE
-#define POD_ONE_BARRIER_PER_TILE 0
-#endif
-
 namespace pod {
 
 // kHopper_: the sm_90a configuration, whose prefill tiles run on wgmma (attention_tile_sm90.cuh).

@@ -47,7 +47,6 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
   const int pos0 = tile_start + key0;
   const int page = pos0 < it.kv_end ? __ldg(p.block_table + it.req * p.bt_stride + (pos0 >> p.log2_block_size)) : 0;
   const int off = pos0 & ((1 << p.log2_block_size) - 1);
-#if POD_KV_LEAN_ADDRESS
   // Only the page's offset needs 64 bits (one wide multiply); within a page the offsets fit 32 bits
   // (the op checks the strides). Past kv_end the address still lies in the same page (a thread's
   // keys share one) and a zero-fill copy reads nothing, so the source steps per key, unclamped.
@@ -64,18 +63,6 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
     cp_async_16(sK + Layout::at(key0 + j, c * 8), ks, valid);
     cp_async_16(sV + Layout::at(key0 + j, c * 8), vs, valid);
   }
-#else
-  const T* ks = static_cast<const T*>(p.k) + page * p.k_stride_blk + off * p.k_stride_tok +
-                it.kv_head * p.k_stride_head + c * 8;
-  const T* vs = static_cast<const T*>(p.v) + page * p.v_stride_blk + off * p.v_stride_tok +
-                it.kv_head * p.v_stride_head + c * 8;
-#pragma unroll
-  for (int j = 0; j < kKeysPerThread; ++j) {
-    const bool valid = pos0 + j < it.kv_end;
-    cp_async_16(sK + Layout::at(key0 + j, c * 8), valid ? ks + j * p.k_stride_tok : ks, valid);
-    cp_async_16(sV + Layout::at(key0 + j, c * 8), valid ? vs + j * p.v_stride_tok : vs, valid);
-  }
-#endif
 }
 
 }  // namespace pod
