@@ -44,7 +44,7 @@ def gemm_us(tokens: int, iters: int) -> float:
 def step(chunk: int, prefix: int, decodes: int, ctx: int, planner, iters: int) -> dict:
     b = hybrid_batch(chunk, prefix, decodes, ctx)
     pod = time_graph(pod_call(b, plan_batch(planner, b), torch.empty_like(b.query)), iters)
-    fa3 = time_graph(FA3(b, slice(0, decodes + 1)), iters)
+    fa3 = time_graph(FA3(b), iters)
     gemm = gemm_us(chunk + decodes, iters)
     return dict(chunk=chunk, prefix=prefix, decodes=decodes, decode_ctx=ctx, gemm_us=gemm,
                 fa3_us=fa3, pod_us=pod, fa3_share=fa3 / (fa3 + gemm), pod_share=pod / (pod + gemm),

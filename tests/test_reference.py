@@ -1,4 +1,5 @@
-"""The float32 reference against a naive per-token, per-head loop in float64 (CPU)."""
+"""The float32 reference against a naive per-token, per-head loop in float64 (CPU), and the batch
+helpers the GPU tests and benchmarks build on."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from vllm_pod.reference import reference_attention
-from vllm_pod.testing import KV_LAYOUTS, make_batch
+from vllm_pod.testing import KV_LAYOUTS, make_batch, sub_batch
 
 
 def naive_attention(b):
@@ -50,3 +51,21 @@ def test_reference_rejects_nothing_silently():
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
                               b.query_start_loc, b.seq_lens, b.scale)
     assert ref.shape == b.query.shape and torch.isfinite(ref).all()
+
+
+@pytest.mark.parametrize("reqs", [slice(0, 3), slice(3, 5), slice(2, 4), slice(4, 5)],
+                         ids=["decodes", "prefills", "one_of_each", "last_prefill"])
+def test_sub_batch_is_those_requests_alone(reqs):
+    # bench_kernel times POD on a batch's prefill and decodes alone through sub_batch: each part
+    # must attend exactly as it did inside the whole batch.
+    b = make_batch([1, 16, 17], [(5, 40), (3, 33)], num_q_heads=4, num_kv_heads=2, head_dim=16,
+                   block_size=16, dtype=torch.float32, seed=3)
+    part = sub_batch(b, reqs)
+    assert part.num_decodes == len(range(3)[reqs])
+    whole = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
+                                b.query_start_loc, b.seq_lens, b.scale)
+    alone = reference_attention(part.query, part.key_cache, part.value_cache, part.block_table,
+                                part.query_start_loc, part.seq_lens, part.scale)
+    lo, hi = int(b.query_start_loc[reqs.start]), int(b.query_start_loc[reqs.stop])
+    assert alone.shape == (hi - lo, 4, 16)
+    torch.testing.assert_close(alone, whole[lo:hi], atol=0, rtol=0)

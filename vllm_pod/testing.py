@@ -74,6 +74,16 @@ def make_batch(decode_lens: list[int], prefills: list[tuple[int, int]], *, num_q
                  num_decodes=len(decode_lens), scale=head_dim ** -0.5)
 
 
+def sub_batch(b: Batch, reqs: slice) -> Batch:
+    """Requests reqs (a contiguous range) of b as a batch of their own, sharing b's caches."""
+    qsl = b.query_start_loc
+    lo, hi = int(qsl[reqs.start]), int(qsl[reqs.stop])
+    return Batch(query=b.query[lo:hi], key_cache=b.key_cache, value_cache=b.value_cache,
+                 block_table=b.block_table[reqs], query_start_loc=(qsl[reqs.start:reqs.stop + 1] - lo).contiguous(),
+                 seq_lens=b.seq_lens[reqs].contiguous(),
+                 num_decodes=max(0, min(b.num_decodes, reqs.stop) - reqs.start), scale=b.scale)
+
+
 def batch_shape(b: Batch) -> dict:
     """The shape keywords make_batch took for b (and device_planner takes)."""
     return dict(num_q_heads=b.query.shape[1], num_kv_heads=b.key_cache.shape[2],
