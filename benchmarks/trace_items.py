@@ -2,7 +2,8 @@
 
 Nsight Compute sums over the whole launch; this says what each work item cost and when it ran:
 a CTA's prefill rate against the item's size, decode bandwidth per CTA, how busy the CTAs were
-over the launch and how long the tail was. For batches of the kernel benchmark's grid:
+over the launch and how long the tail was, and whether each kind runs slower while the other
+kind runs beside it on the same SM (contention) than alone. For batches of the kernel benchmark's grid:
 
     POD_NVCC_FLAGS=-DPOD_TRACE=1 python setup.py build_ext --inplace
     python -m benchmarks.trace_items --only 512,4096,16,2048 --only 2048,12288,16,2048 --csv items.csv
@@ -49,8 +50,23 @@ def item_table(items: np.ndarray, num_prefill: int, head_dim: int) -> dict[str, 
         seen = np.clip(np.minimum(col["kv_end"][i], pos + 1) - col["kv_start"][i], 0, None)
         work[i] = 4.0 * head_dim * col["nh"][i] * seen.sum()
     work[~is_prefill] = keys[~is_prefill] * 2 * head_dim * 2  # one KV head's K and V, 2-byte elements
+    sm = col["trace_cta_sm"] % MAX_SM_IDS
     return dict(kind=np.where(is_prefill, "prefill", "decode"), cta=col["trace_cta_sm"] // MAX_SM_IDS,
-                sm=col["trace_cta_sm"] % MAX_SM_IDS, start_us=start_us, end_us=end_us, keys=keys, work=work)
+                sm=sm, start_us=start_us, end_us=end_us, keys=keys, work=work,
+                shared=shared_fraction(is_prefill, sm, start_us, end_us))
+
+
+def shared_fraction(is_prefill, sm, start_us, end_us) -> np.ndarray:
+    """Per item, the fraction of its time during which items of the other kind ran on its SM."""
+    out = np.zeros(len(sm))
+    for s in np.unique(sm):
+        idx = np.flatnonzero(sm == s)
+        for i in idx:
+            other = idx[is_prefill[idx] != is_prefill[i]]
+            both = np.minimum(end_us[i], end_us[other]) - np.maximum(start_us[i], start_us[other])
+            dur = end_us[i] - start_us[i]
+            out[i] = min(1.0, both.clip(min=0).sum() / dur) if dur > 0 else 0.0
+    return out
 
 
 def summarize(t: dict[str, np.ndarray], num_ctas: int) -> list[str]:
@@ -74,6 +90,12 @@ def summarize(t: dict[str, np.ndarray], num_ctas: int) -> list[str]:
         lines.append(f"  first start {t['start_us'][sel].min():.1f} us, last start {t['start_us'][sel].max():.1f}, "
                      f"last end {t['end_us'][sel].max():.1f}; item duration min/median/max "
                      f"{dur[sel].min():.1f}/{np.median(dur[sel]):.1f}/{dur[sel].max():.1f} us")
+        # Items of similar size, with and without the other kind beside them: a lower rate when
+        # shared means the kinds contend for the SM (or its memory path) instead of overlapping.
+        big = sel & (t["keys"] >= np.median(t["keys"][sel]))
+        mostly = {"beside the other kind": big & (t["shared"] >= 0.5), "alone": big & (t["shared"] < 0.5)}
+        lines.append("  items of at least the median keys, per CTA: " + "; ".join(
+            f"{name} {rate(m):.2f} {unit} ({m.sum()})" for name, m in mostly.items() if m.any()))
     edges = np.linspace(0, span, 11)
     mid = (edges[:-1] + edges[1:]) / 2
     active = {kind: [int(((t["kind"] == kind) & (t["start_us"] <= m) & (t["end_us"] > m)).sum()) for m in mid]

@@ -36,8 +36,29 @@ def test_trace_table_reads_times_across_the_timer_wrap_and_counts_causal_flops()
     assert np.allclose(t["start_us"], [0.0, 1.5]) and np.allclose(t["end_us"], [3.0, 3.5])
     assert t["work"][0] == 4 * 128 * 4 * (11 + 12) and t["work"][1] == 64 * 2 * 128 * 2
     assert (t["cta"][1], t["sm"][1]) == (3, 1)
+    # Different SMs (0 and 1): neither ran beside the other kind.
+    assert list(t["shared"]) == [0.0, 0.0]
     text = "\n".join(summarize(t, num_ctas=2))
     assert "span 3.5 us on 2 CTAs" in text and "prefill: 1 items" in text and "decode: 1 items" in text
+    assert "alone" in text and "beside the other kind" not in text
+
+
+def test_trace_table_measures_time_beside_the_other_kind_per_sm():
+    import numpy as np
+
+    from benchmarks.trace_items import shared_fraction, summarize
+    # SM 0: a prefill over [0, 10) and decodes over [2, 4) and [8, 12); SM 1: a decode over [0, 10).
+    is_prefill = np.array([True, False, False, False])
+    sm = np.array([0, 0, 0, 1])
+    start, end = np.array([0.0, 2.0, 8.0, 0.0]), np.array([10.0, 4.0, 12.0, 10.0])
+    assert np.allclose(shared_fraction(is_prefill, sm, start, end), [0.4, 1.0, 0.5, 0.0])
+    t = dict(kind=np.where(is_prefill, "prefill", "decode"), start_us=start, end_us=end,
+             keys=np.array([100, 64, 64, 64]), work=np.array([1e6, 2e3, 4e3, 2e4]),
+             shared=shared_fraction(is_prefill, sm, start, end))
+    text = "\n".join(summarize(t, num_ctas=3))
+    # Decodes: 6 kB in 2 + 4 us with the prefill beside them (the second half the time: counted as
+    # shared), 20 kB in 10 us alone.
+    assert "beside the other kind 1.00 GB/s (2); alone 2.00 GB/s (1)" in text
 
 
 def test_trace_table_refuses_a_buffer_without_a_trace():
