@@ -145,6 +145,22 @@ def test_prefill_splits_only_below_one_item_per_slot():
     assert plan.num_decode_items > 10 and (plan.items[:, F["num_splits"]] > 1).all()
 
 
+def test_split_pieces_are_even():
+    # Lengths just past a multiple of the split chunk used to leave a short last piece that paid
+    # a whole partial write and merge for a few keys; now no piece is under half another's length.
+    b = make_batch([1040, 2100, 3000, 4500], [(40, 5000), (1, 1090)], num_q_heads=8, num_kv_heads=2,
+                   head_dim=16, block_size=16, dtype=torch.float32)
+    planner = planner_for(b, split_items_per_slot={"prefill": 4, "decode": 4})
+    plan = planner.plan(b.query_start_loc, b.seq_lens)
+    keys = plan.items[:, F["kv_end"]] - plan.items[:, F["kv_start"]]
+    split = plan.items[:, F["num_splits"]] > 1
+    assert split.sum() > 8
+    for gid in np.unique(plan.items[split, F["merge_id"]]):
+        pieces = keys[split & (plan.items[:, F["merge_id"]] == gid)]
+        assert pieces.min() >= pieces.max() // 2, f"merge group {gid}: pieces {pieces}"
+    check_invariants(b, plan, planner)
+
+
 def test_split_targets_and_decode_slots_are_options():
     # 12 prefill tiles on 8 slots: whole at one item per slot (above), split at four per slot.
     b = make_batch([], [(48, 3000)] * 2, num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,

@@ -157,26 +157,32 @@ class PodPlanner:
         return items
 
     @staticmethod
-    def _split_count(items: np.ndarray, chunk: int) -> np.ndarray:
+    def _split_count(items: np.ndarray, chunk: np.ndarray) -> np.ndarray:
         # Split boundaries s*chunk must not pass the tile's first position, so every row of the tile
         # sees at least one key in every split (no empty softmax rows to merge).
         kv_end = items[:, ITEM_FIELDS.index("kv_end")]
         q_pos0 = items[:, ITEM_FIELDS.index("q_pos0")]
         return np.maximum(1, np.minimum(-(-kv_end // chunk), 1 + q_pos0 // chunk))
 
-    def _split_chunk(self, items: np.ndarray, kind: str) -> int | None:
-        """Keys per KV-split for this queue, or None when it has enough items unsplit."""
+    def _split_chunk(self, items: np.ndarray, kind: str) -> np.ndarray | None:
+        """Keys per KV-split of each item of this queue, or None when it has enough items unsplit.
+
+        Each item is cut into even pieces of about the queue's chunk: a short last piece would pay
+        a whole partial write and merge for a few keys (a 12480-key tile cut at 12416 did)."""
         target = self.split_targets[kind]
         if len(items) == 0 or len(items) >= target:
             return None
-        total_keys = int(items[:, ITEM_FIELDS.index("kv_end")].sum())
-        chunk = max(MIN_SPLIT_KEYS[kind], -(-total_keys // target))
-        return -(-chunk // SPLIT_ALIGN) * SPLIT_ALIGN
+        kv_end = items[:, ITEM_FIELDS.index("kv_end")]
+        chunk = -(-max(MIN_SPLIT_KEYS[kind], -(-int(kv_end.sum()) // target)) // SPLIT_ALIGN) * SPLIT_ALIGN
+        pieces = np.maximum(1, (kv_end + chunk // 2) // chunk)
+        even = -(-kv_end // pieces)
+        return -(-even // SPLIT_ALIGN) * SPLIT_ALIGN
 
     @staticmethod
-    def _expand_splits(items: np.ndarray, counts: np.ndarray, chunk: int) -> np.ndarray:
+    def _expand_splits(items: np.ndarray, counts: np.ndarray, chunk: np.ndarray) -> np.ndarray:
         f = {name: i for i, name in enumerate(ITEM_FIELDS)}
         out = np.repeat(items, counts, axis=0)
+        chunk = np.repeat(chunk, counts)
         s = np.arange(len(out)) - np.repeat(np.cumsum(counts) - counts, counts)
         n = np.repeat(counts, counts)
         out[:, f["kv_start"]] = s * chunk
@@ -251,7 +257,7 @@ class PodPlanner:
                 raise ValueError(f"batch of {n_items} work items exceeds the planner's capacity "
                                  f"{self.max_items}; raise max_num_tokens/max_num_reqs")
             # Too many pieces for the persistent buffers: coarser splits, unsplit at the limit.
-            chunks = {k: (None if c is None or c >= 1 << 30 else 2 * c) for k, c in chunks.items()}
+            chunks = {k: (None if c is None or c.min() >= 1 << 30 else 2 * c) for k, c in chunks.items()}
 
     def _decode_slots_per_sm(self, prefill: np.ndarray, decode: np.ndarray) -> int:
         if len(decode) == 0:

@@ -98,10 +98,10 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const 
 
 // After this CTA wrote its split's partial rows: count the split in; the CTA that completes the
 // group combines all splits into `out` and re-zeroes the counter (so the next launch, or a CUDA
-// graph replay, starts clean without a memset).
+// graph replay, starts clean without a memset). `scratch` is the CTA's tile region, free by now.
 template <class Cfg>
 __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem& it, int used,
-                                             int* s_flag) {
+                                             float* scratch, int* s_flag) {
   using T = typename Cfg::T;
   constexpr int D = Cfg::D;
   __threadfence();
@@ -114,33 +114,69 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
   __syncthreads();
   if (!*s_flag) return;
   __threadfence();
-  // One pass over the splits with a running max, four columns per thread: the loads of different
-  // splits and rows are independent, so a thread keeps several in flight (this loop is pure L2
-  // latency otherwise, and long for 128-row prefill tiles).
-  constexpr int kVec = 4;
-#pragma unroll 2
-  for (int idx = threadIdx.x; idx < used * (D / kVec); idx += Cfg::kThreads) {
-    const int row = idx / (D / kVec), d = (idx % (D / kVec)) * kVec;
-    float mx = -INFINITY, wsum = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 4
-    for (int s = 0; s < it.num_splits; ++s) {
-      const int64_t prow = it.slot_base + s * used + row;
-      const float lse = __ldcg(p.partial_lse + prow);
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.partial_o + prow * D + d));
-      const float m_new = fmaxf(mx, lse);  // every split has a key for every row: lse is finite
-      const float rescale = exp2f(mx - m_new), wt = exp2f(lse - m_new);
-      acc.x = acc.x * rescale + wt * v.x;
-      acc.y = acc.y * rescale + wt * v.y;
-      acc.z = acc.z * rescale + wt * v.z;
-      acc.w = acc.w * rescale + wt * v.w;
-      wsum = wsum * rescale + wt;
-      mx = m_new;
+  // The partials come from L2, so the merge is a chain of L2 round trips unless each thread keeps
+  // many independent loads in flight (the running-max form waited once per split and column
+  // group: ~30 us for two 128-row splits). First each row's max log-sum-exp and normaliser...
+  const int ns = it.num_splits;
+  const float* lse = p.partial_lse + it.slot_base;
+  float* s_max = scratch;
+  float* s_inv = scratch + used;
+  for (int row = threadIdx.x; row < used; row += Cfg::kThreads) {
+    float mx = -INFINITY;
+#pragma unroll 8
+    for (int s = 0; s < ns; ++s) mx = fmaxf(mx, __ldcg(lse + s * used + row));
+    float sum = 0.f;  // every split has a key for every row: each lse is finite
+#pragma unroll 8
+    for (int s = 0; s < ns; ++s) sum += exp2f(__ldcg(lse + s * used + row) - mx);
+    s_max[row] = mx;
+    s_inv[row] = 1.f / sum;
+  }
+  __syncthreads();
+  // ...then the weighted sum, kUnits column groups of four per thread against kBatch splits at a
+  // time: kUnits * kBatch independent 16-byte loads per round trip.
+  constexpr int kVec = 4, kUnits = 4, kBatch = 2;
+  const int n = used * (D / kVec);
+  for (int base = threadIdx.x; base < n; base += Cfg::kThreads * kUnits) {
+    int row[kUnits], d[kUnits];
+    float4 acc[kUnits];
+#pragma unroll
+    for (int u = 0; u < kUnits; ++u) {
+      const int idx = min(base + u * Cfg::kThreads, n - 1);  // past n: a duplicate, not stored
+      row[u] = idx / (D / kVec);
+      d[u] = (idx % (D / kVec)) * kVec;
+      acc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
-    const float inv = 1.f / wsum;
-    uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<T>(p, it, row, d));
-    dst[0] = pack2<T>(acc.x * inv, acc.y * inv);
-    dst[1] = pack2<T>(acc.z * inv, acc.w * inv);
+    for (int s0 = 0; s0 < ns; s0 += kBatch) {
+      float4 v[kBatch][kUnits];
+      float w[kBatch][kUnits];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+#pragma unroll
+        for (int u = 0; u < kUnits; ++u) {
+          const int s = min(s0 + j, ns - 1);  // past ns: weight 0
+          const int64_t prow = it.slot_base + s * used + row[u];
+          v[j][u] = __ldcg(reinterpret_cast<const float4*>(p.partial_o + prow * D + d[u]));
+          w[j][u] = s0 + j < ns ? __ldcg(p.partial_lse + prow) : -INFINITY;
+        }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+#pragma unroll
+        for (int u = 0; u < kUnits; ++u) {
+          const float wt = exp2f(w[j][u] - s_max[row[u]]);
+          acc[u].x += wt * v[j][u].x;
+          acc[u].y += wt * v[j][u].y;
+          acc[u].z += wt * v[j][u].z;
+          acc[u].w += wt * v[j][u].w;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnits; ++u) {
+      if (base + u * Cfg::kThreads >= n) break;
+      const float inv = s_inv[row[u]];
+      uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<T>(p, it, row[u], d[u]));
+      dst[0] = pack2<T>(acc[u].x * inv, acc[u].y * inv);
+      dst[1] = pack2<T>(acc[u].z * inv, acc[u].w * inv);
+    }
   }
 }
 

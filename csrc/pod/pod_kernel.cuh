@@ -118,7 +118,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     merge_decode_warps<Cfg>(st, sink, reinterpret_cast<float*>(smem), used, p.scale_log2);
   else
     store_warp_rows<Cfg>(st, sink, warp, used, p.scale_log2);
-  if (it.slot >= 0) finish_split<Cfg>(p, it, used, s_flag);
+  if (it.slot >= 0) finish_split<Cfg>(p, it, used, reinterpret_cast<float*>(smem), s_flag);
 }
 
 // The persistent loop: pull items from the scheduler until both queues are drained.
