@@ -139,9 +139,9 @@ __device__ __forceinline__ void issue_scores(const typename Cfg::T* sQ, const ty
 
 // The whole CTA (one warpgroup), one K/V tile: the kPrefillMTiles m64 tiles of query rows in sQ
 // against the NK keys of sK/sV (all SW128 tiles). Same contract as warp_attend, with warp w holding
-// rows 64*mt + 16*w of each m-tile. Both S = Q K^T products are issued up front, so the tensor
-// cores compute S_1 during the first m-tile's softmax and P_0 V during the second's. The schedule
-// is fixed at compile time: ptxas serialises wgmma around data-dependent waits.
+// rows 64*mt + 16*w of each m-tile. Both S = Q K^T products are issued at once, then both softmaxes
+// run, then both P V products. The schedule is fixed at compile time: ptxas serialises wgmma
+// around data-dependent waits.
 template <class Cfg, int NK, bool kMask>
 __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTiles>& st,
                                                  const typename Cfg::T* sQ, const typename Cfg::T* sK,
@@ -154,12 +154,23 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
   uint32_t p[M][NK / 16][4];
 
   issue_scores<Cfg, NK>(sQ, sK, s);
+  // Both m-tiles' softmaxes in one block, so their dependent chains (row max, shuffles, exp2, sum)
+  // interleave: waiting for S_1 between them, to overlap it with the first softmax, serialised
+  // the two chains and measured slower (benchmarks/NOTES.md, session 7).
+  cute::warpgroup_wait<0>();
+  float alpha[M][2];
+  bool moved = false;
 #pragma unroll
   for (int mt = 0; mt < M; ++mt) {
-    // S_mt is done when only the group issued after it may be pending (S_1, then P_0 V).
-    if constexpr (M == 2) cute::warpgroup_wait<1>(); else cute::warpgroup_wait<0>();
     fence_accumulators<NK / 2>(&s[mt][0][0]);
-    masked_online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], scale_log2);
+    online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], scale_log2, alpha[mt]);
+    moved |= alpha[mt][0] != 1.f || alpha[mt][1] != 1.f;
+  }
+  if (__any_sync(0xffffffff, moved))
+#pragma unroll
+    for (int mt = 0; mt < M; ++mt) rescale_o<Cfg, M>(st, mt, alpha[mt]);
+#pragma unroll
+  for (int mt = 0; mt < M; ++mt) {
 #pragma unroll
     for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s[mt], kk, p[mt][kk]);
     issue_pv<Cfg, NK>(p[mt], sV, st.o[mt]);
