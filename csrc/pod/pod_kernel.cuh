@@ -60,7 +60,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   const int num_tiles = (it.kv_end - it.kv_start + kKeys - 1) / kKeys;
   load_query_rows<Cfg, QLayout>(sQ, p, it, kRows);
   // One commit group per K/V tile, into its stage of the ring: waiting for tile t leaves the (up
-  // to kStages - 1) newer ones in flight.
+  // to kStages - 2) newer ones in flight.
   auto load_tile = [&](int t) {
     load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, it.kv_start + t * kKeys);
     cp_async_commit();
@@ -71,15 +71,12 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   for (int t = 0; t < num_tiles; ++t) {
     const int tile_start = it.kv_start + t * kKeys;
     const int ahead = t + kStages - 1;
-    // Tile t + kStages - 1 refills the stage the previous iteration's closing barrier freed.
-    if (ahead < num_tiles) {
-      load_tile(ahead);
-      cp_async_wait<kStages - 1>();
-    } else {
-      cp_async_wait_newest<kStages - 2>(num_tiles - 1 - t);
-    }
+    // Tile t landed (the newer ones may stay in flight). One barrier per tile makes it visible to
+    // all and shows every thread done with tile t - 1, whose stage tile t + kStages - 1 refills.
+    cp_async_wait_newest<kStages - 2>(min(kStages - 2, num_tiles - 1 - t));
     if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();
+    if (ahead < num_tiles) load_tile(ahead);
     const int stage = t % kStages;
     const bool masked = tile_start > mask_from;
     if constexpr (kIsDecode) {
@@ -110,8 +107,8 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
         warp_attend<Cfg, kM, kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
                                            it.kv_end, row_pos, p.scale_log2);
     }
-    __syncthreads();  // the stage is refilled next iteration
   }
+  __syncthreads();  // the decode merge reuses the ring's shared memory
 
   const RowSink<Cfg> sink{p, it};
   if constexpr (kIsDecode)
