@@ -49,6 +49,11 @@ PREFILL_FLOPS_PER_S = 350e12
 DECODE_BYTES_PER_S = 3.0e12
 
 
+def _align_split(keys):
+    """keys rounded up to a multiple of SPLIT_ALIGN (an int or an array)."""
+    return -(-keys // SPLIT_ALIGN) * SPLIT_ALIGN
+
+
 @dataclass
 class PodPlan:
     """What the op needs for one batch. Tensors are views of the planner's persistent buffers,
@@ -173,10 +178,9 @@ class PodPlanner:
         if len(items) == 0 or len(items) >= target:
             return None
         kv_end = items[:, ITEM_FIELDS.index("kv_end")]
-        chunk = -(-max(MIN_SPLIT_KEYS[kind], -(-int(kv_end.sum()) // target)) // SPLIT_ALIGN) * SPLIT_ALIGN
+        chunk = _align_split(max(MIN_SPLIT_KEYS[kind], -(-int(kv_end.sum()) // target)))
         pieces = np.maximum(1, (kv_end + chunk // 2) // chunk)
-        even = -(-kv_end // pieces)
-        return -(-even // SPLIT_ALIGN) * SPLIT_ALIGN
+        return _align_split(-(-kv_end // pieces))
 
     @staticmethod
     def _expand_splits(items: np.ndarray, counts: np.ndarray, chunk: np.ndarray) -> np.ndarray:

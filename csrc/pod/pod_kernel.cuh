@@ -73,7 +73,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     const int ahead = t + kStages - 1;
     // Tile t landed (the newer ones may stay in flight). One barrier per tile makes it visible to
     // all and shows every thread done with tile t - 1, whose stage tile t + kStages - 1 refills.
-    cp_async_wait_newest<kStages - 2>(min(kStages - 2, num_tiles - 1 - t));
+    cp_async_wait_newest<kStages - 2>(num_tiles - 1 - t);
     if constexpr (kWgmma) fence_proxy_async();
     __syncthreads();
     if (ahead < num_tiles) load_tile(ahead);
