@@ -1,7 +1,7 @@
 """CPU checks of the kernel-level benchmark tools' own logic (their timings run on the GPU)."""
 
-from benchmarks.attention_share import layer_gemm_shapes
-from benchmarks.bench_kernel import parse_planner, planner_kwargs
+from benchmarks.kernel.attention_share import layer_gemm_shapes
+from benchmarks.kernel.bench import grid, parse_planner, planner_kwargs, wide_batch, wide_batches
 
 
 def test_llama_layer_gemms_follow_the_model_config():
@@ -15,10 +15,51 @@ def test_planner_options_split_into_planner_arguments():
     assert planner_kwargs(None) == dict(split_items_per_slot=None)
 
 
+def test_wide_table_covers_the_shapes_the_grid_holds_fixed():
+    batches = wide_batches()
+    names = [b.columns["batch"] for b in batches]
+    assert len(set(names)) == len(names)
+    heads = {(b.shape["num_q_heads"], b.shape["num_kv_heads"]) for b in batches}
+    # GQA ratios 1, 4, 7 and 8, and Llama-3-70B's per-rank heads under TP=2 and TP=4.
+    assert {(8, 8), (32, 8), (28, 4), (64, 8), (32, 4), (16, 2)} <= heads
+    assert {64, 128, 256} <= {b.shape["head_dim"] for b in batches}
+    assert {16, 32, 64} <= {b.shape["block_size"] for b in batches}
+    assert all(b.prefills and b.decodes for b in batches), "every batch is hybrid"
+    assert any(len(b.prefills) >= 3 for b in batches), "several prefill chunks in one batch"
+    long_ctx = [b for b in batches if max(b.decodes) == 131072]
+    assert any(max(c for c, _ in b.prefills) >= 2048 for b in long_ctx), "128K decodes beside a long prefill"
+    # Each batch fits its planner's buffers (new_planner sizes them by the batch).
+    assert all(b.num_tokens == len(b.decodes) + sum(c for c, _ in b.prefills) for b in batches)
+
+
+def test_grid_keeps_its_axes_as_columns():
+    batches = grid()
+    assert len(batches) == 54 and len(grid(stride=3)) == 18
+    assert batches[0].columns == dict(chunk=512, prefix=0, decodes=16, decode_ctx=2048)
+    assert batches[0].prefills == [(512, 0)] and batches[0].decodes == [2048] * 16
+
+
+def test_wide_batch_builds_decodes_first_and_counts_its_work():
+    import torch
+
+    spec = wide_batch("small", [(5, 3), (2, 0)], [(2, 7), (1, 40)], num_q_heads=6, num_kv_heads=2,
+                      head_dim=16, block_size=32)
+    assert spec.columns["prefills"] == "5@3 2@0" and spec.columns["decodes"] == "2x7 1x40"
+    b = spec.make(device="cpu")
+    assert b.num_decodes == 3 and b.query.shape == (spec.num_tokens, 6, 16) == (10, 6, 16)
+    assert b.key_cache.shape[1:] == (32, 2, 16) and b.query.dtype == torch.bfloat16
+    assert (b.query_start_loc.diff().tolist(), b.seq_lens.tolist()) == ([1, 1, 1, 5, 2], [7, 7, 40, 8, 2])
+    # Causal FLOPs: query token i of a chunk after p tokens sees p + i + 1 keys; 4 FLOPs per key,
+    # head dim and q head (QK^T and PV).
+    keys = sum(p + i + 1 for c, p in spec.prefills for i in range(c))
+    assert spec.prefill_flops == 4 * keys * 16 * 6
+    assert spec.decode_bytes == 2 * (7 + 7 + 40) * 2 * 16 * 2
+
+
 def test_trace_table_reads_times_across_the_timer_wrap_and_counts_causal_flops():
     import numpy as np
 
-    from benchmarks.trace_items import item_table, summarize
+    from benchmarks.kernel.trace_items import item_table, summarize
     from vllm_pod.plan import ITEM_FIELDS, ITEM_INTS, TRACE_FIELDS
     f = {name: i for i, name in enumerate(ITEM_FIELDS + TRACE_FIELDS)}
     items = np.zeros((2, ITEM_INTS), dtype=np.int64)
@@ -46,7 +87,7 @@ def test_trace_table_reads_times_across_the_timer_wrap_and_counts_causal_flops()
 def test_trace_table_measures_time_beside_the_other_kind_per_sm():
     import numpy as np
 
-    from benchmarks.trace_items import shared_fraction, summarize
+    from benchmarks.kernel.trace_items import shared_fraction, summarize
     # SM 0: a prefill over [0, 10) and decodes over [2, 4) and [8, 12); SM 1: a decode over [0, 10).
     is_prefill = np.array([True, False, False, False])
     sm = np.array([0, 0, 0, 1])
@@ -65,13 +106,13 @@ def test_trace_table_refuses_a_buffer_without_a_trace():
     import numpy as np
     import pytest
 
-    from benchmarks.trace_items import item_table
+    from benchmarks.kernel.trace_items import item_table
     with pytest.raises(RuntimeError, match="POD_TRACE"):
         item_table(np.zeros((3, 16), dtype=np.int64), num_prefill=1, head_dim=128)
 
 
 def test_sass_mix_counts_opcodes_and_finds_the_hot_loop(tmp_path):
-    from benchmarks.sass_mix import hot_loop, mix, read_lines, report
+    from benchmarks.kernel.sass_mix import hot_loop, mix, read_lines, report
 
     head = ['"Kernel Name","k"', '"Address","Source","Warp Stall Sampling (All Samples)",'
             '"Warp Stall Sampling (Not-issued Samples)","# Samples","Instructions Executed"']
@@ -92,7 +133,7 @@ def test_sass_mix_counts_opcodes_and_finds_the_hot_loop(tmp_path):
 
 
 def test_sass_mix_static_finds_wgmma_loops_by_their_backward_branch(tmp_path):
-    from benchmarks.sass_mix import static_loops, static_report
+    from benchmarks.kernel.sass_mix import static_loops, static_report
 
     listing = """
         Function : _ZN3pod20pod_attention_kernelINS_10TileConfigI13__nv_bfloat16Li128ELb0EEEEEvNS_9PodParamsE

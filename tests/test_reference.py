@@ -56,7 +56,7 @@ def test_reference_rejects_nothing_silently():
 @pytest.mark.parametrize("reqs", [slice(0, 3), slice(3, 5), slice(2, 4), slice(4, 5)],
                          ids=["decodes", "prefills", "one_of_each", "last_prefill"])
 def test_sub_batch_is_those_requests_alone(reqs):
-    # bench_kernel times POD on a batch's prefill and decodes alone through sub_batch: each part
+    # The kernel benchmark times POD on a batch's prefill and decodes alone through sub_batch: each part
     # must attend exactly as it did inside the whole batch.
     b = make_batch([1, 16, 17], [(5, 40), (3, 33)], num_q_heads=4, num_kv_heads=2, head_dim=16,
                    block_size=16, dtype=torch.float32, seed=3)

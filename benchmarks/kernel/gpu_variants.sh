@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# On a GPU machine: build each kernel variant, check it, and time it, in one go (METHOD.md: one
-# script that builds, checks and times several variants in one call).
+# On a GPU machine: build each kernel variant, check it, and time it, side by side.
 #
-#   benchmarks/gpu_variants.sh "shipped:" "simt:POD_WGMMA_PREFILL=0"
+#   benchmarks/kernel/gpu_variants.sh "shipped:" "simt:POD_WGMMA_PREFILL=0"
 #
 # Each NAME:FLAGS is built with the VAR=value words of FLAGS in the environment and the others as
 # POD_NVCC_FLAGS, then: the GPU kernel tests (grid, fuzz, graphs),
 # compute-sanitizer memcheck on one hybrid batch, and POD's time on every STRIDE-th benchmark config
-# (no vLLM needed; BENCH_ARGS adds bench_kernel options, e.g. "--planner prefill=1 --planner prefill=4"
+# (no vLLM needed; BENCH_ARGS adds benchmarks.kernel.bench options, e.g. "--planner prefill=1 --planner prefill=4"
 # to time several planners). CHECK=0 skips the tests and memcheck and runs only one hybrid batch
 # against the float32 reference (tests/sanitize_batch.py), so a wrong variant's time is flagged.
 # Logs go to $OUT (or /tmp/pod-variants); a summary table ends the output.
 # With BENCH=1 each variant instead runs the full benchmark against FA3 (needs vLLM), writing
 # kernel_NAME.csv/.json there.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/pod-variants}
 stride=${STRIDE:-3}
 mkdir -p "$out"
@@ -34,7 +33,7 @@ for spec in "$@"; do
     continue
   fi
   if [ "${BENCH:-0}" = 1 ]; then
-    bench=$(timeout 400 python3 -m benchmarks.bench_kernel --out "$out/kernel_$name.csv" 2>&1 | tee "$out/bench_$name.log" | grep -E 'geomean_pod_over_fa3|best_pod_over_fa3' | tr -d '\n')
+    bench=$(timeout 400 python3 -m benchmarks.kernel.bench --out "$out/kernel_$name.csv" 2>&1 | tee "$out/bench_$name.log" | grep -E 'geomean_pod_over_fa3|best_pod_over_fa3' | tr -d '\n')
     summary+=("$name [${spec#*:}]: $bench")
     continue
   fi
@@ -47,7 +46,7 @@ for spec in "$@"; do
   else
     tests="ONE BATCH WRONG (see smoke_$name.log)"
   fi
-  timing=$(timeout 300 python3 -m benchmarks.bench_kernel --out /tmp/unused.csv --pod-only --stride "$stride" ${BENCH_ARGS:-} 2>&1 | tee "$out/pod_$name.txt" | tail -1)
+  timing=$(timeout 300 python3 -m benchmarks.kernel.bench --pod-only --stride "$stride" ${BENCH_ARGS:-} 2>&1 | tee "$out/pod_$name.txt" | tail -1)
   summary+=("$name [${spec#*:}]: tests: $tests | memcheck: ${memcheck:-none} | $timing")
 done
 printf '%s\n' "${summary[@]}"

@@ -6,7 +6,7 @@ over the launch and how long the tail was, and whether each kind runs slower whi
 kind runs beside it on the same SM (contention) than alone. For batches of the kernel benchmark's grid:
 
     POD_NVCC_FLAGS=-DPOD_TRACE=1 python setup.py build_ext --inplace
-    python -m benchmarks.trace_items --only 512,4096,16,2048 --only 2048,12288,16,2048 --csv items.csv
+    python -m benchmarks.kernel.trace_items --only 512,4096,16,2048 --only 2048,12288,16,2048 --csv items.csv
 
 The numbers come from the GPU's global timer (its resolution may be as coarse as 1 us), on one
 warm launch outside a CUDA graph; durations include each item's merge when it ends a KV-split.
@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 import torch
 
-from benchmarks.bench_kernel import (SHAPE, hybrid_batch, new_planner, parse_planner, planner_kwargs,
+from benchmarks.kernel.bench import (SHAPE, hybrid_batch, new_planner, parse_planner, planner_kwargs,
                                      pod_call, write_csv)
 from vllm_pod.plan import ITEM_FIELDS, ITEM_INTS, MAX_SM_IDS, PLAN_HEADER_INTS, TRACE_FIELDS
 from vllm_pod.testing import plan_batch
@@ -108,7 +108,7 @@ def summarize(t: dict[str, np.ndarray], num_ctas: int) -> list[str]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", required=True, metavar="CHUNK,PREFIX,DECODES,CTX")
-    ap.add_argument("--planner", type=parse_planner, metavar="KEY=N,...", help="as bench_kernel's")
+    ap.add_argument("--planner", type=parse_planner, metavar="KEY=N,...", help="as the kernel benchmark's")
     ap.add_argument("--csv", help="write every item's row here")
     args = ap.parse_args()
     planner = new_planner(**planner_kwargs(args.planner))

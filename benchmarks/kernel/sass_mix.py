@@ -1,16 +1,15 @@
-"""Instruction mix of a kernel, for comparing kernels or builds by what they execute (METHOD.md:
-count before changing). Two sources:
+"""Instruction mix of a kernel, for comparing kernels or builds by what they execute. Two sources:
 
     ncu -i run.ncu-rep --page source --print-source sass --csv > run_sass.csv
-    python -m benchmarks.sass_mix run_sass.csv [other_sass.csv ...]
+    python -m benchmarks.kernel.sass_mix run_sass.csv [other_sass.csv ...]
 
 executed warp instructions by opcode (and the share of stall samples on them), then the same for
 the kernel's hot loop body, taken as the SASS lines executed exactly as often as the most frequent
 per-line count weighs (the unrolled main loop runs once per tile, so its lines share one count):
 its length is the loop's instruction cost per warp per tile. And, with no GPU,
 
-    cuobjdump -sass kernel.cubin > kernel.sass      (benchmarks/sass_count.sh does this)
-    python -m benchmarks.sass_mix --static kernel.sass --function Lb1E
+    cuobjdump -sass kernel.cubin > kernel.sass      (benchmarks/kernel/sass_count.sh does this)
+    python -m benchmarks.kernel.sass_mix --static kernel.sass --function Lb1E
 
 the static loops (backward branches) of the function whose name contains the given text that
 issue wgmma, with their length and opcode counts: both tile paths of a loop body are counted,

@@ -9,7 +9,7 @@ attention / (attention + GEMMs) for both. Norms, RoPE, the activation, the KV-ca
 head, sampling and host time are left out; they all sit on the non-attention side, so the printed
 share is an upper bound of attention's share of the step. Needs vLLM (FA3).
 
-    python -m benchmarks.attention_share --out benchmarks/results/attention_share_h100.csv
+    python -m benchmarks.kernel.attention_share --out benchmarks/results/attention_share_h100.csv
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_kernel import FA3, SHAPE, hybrid_batch, new_planner, pod_call, time_graph, write_csv
+from benchmarks.kernel.bench import FA3, SHAPE, hybrid_batch, new_planner, pod_call, time_graph, write_csv
 from vllm_pod.testing import plan_batch
 
-MODEL = json.loads((Path(__file__).resolve().parents[1] / "configs/models/llama-3-8b.json").read_text())
+MODEL = json.loads((Path(__file__).resolve().parents[2] / "configs/models/llama-3-8b.json").read_text())
 
 
 def layer_gemm_shapes() -> list[tuple[int, int]]:

@@ -1,0 +1,1 @@
+"""Kernel benchmarks and diagnosis tools: POD against FA3 on hybrid batches."""

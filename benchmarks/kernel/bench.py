@@ -1,0 +1,349 @@
+"""Kernel benchmark: the fused POD op against vLLM's FlashAttention-3 on hybrid batches.
+
+For each batch it times, as CUDA-graph replays (median of many), bf16, vLLM 0.26's packed K/V
+cache layout:
+
+    pod          the fused op over the whole batch
+    fa3          FA3 as ONE varlen call over the whole batch (what vLLM's FLASH_ATTN backend runs)
+    fa3_prefill  FA3 on the prefill requests alone
+    fa3_decode   FA3 on the decodes alone
+    pod_prefill  the POD op on the prefill requests alone (its prefill tile's own speed)
+    pod_decode   the POD op on the decodes alone
+
+and reports pod/fa3 and pod/ideal, with ideal = max(fa3_prefill, fa3_decode), and how much of its
+own two phases POD overlaps: pod / (pod_prefill + pod_decode) is 1 for no overlap and
+max(pod_prefill, pod_decode) / (pod_prefill + pod_decode) for a perfect one. Each POD output is
+checked against FA3's before timing. Writes a CSV and a JSON summary; plot with
+benchmarks/kernel/plot.py.
+
+Two batch lists:
+- the grid (default): Llama-3-8B per-GPU shapes (32 q heads, 8 KV heads, head dim 128, block 16),
+  one prefill chunk of 512/1024/2048 tokens after a prefix of 0/4096/12288 beside 16/64/128
+  decodes of 2048/8192 tokens;
+- the wide table (--wide): several prefill chunks in one batch, decode contexts up to 128K beside
+  a long prefill, GQA ratios 1/4/7/8, head dims 64 and 256, KV blocks 32 and 64, and the per-rank
+  shapes of Llama-3-70B under tensor parallelism 2 and 4.
+
+    python -m benchmarks.kernel.bench --out benchmarks/results/kernel_h100.csv
+    python -m benchmarks.kernel.bench --wide --out benchmarks/results/kernel_wide_h200.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from vllm_pod.ops import pod_attention
+from vllm_pod.plan import PodPlanner
+from vllm_pod.testing import Batch, device_planner, make_batch, plan_batch, sub_batch
+
+SHAPE = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
+CHUNKS = (512, 1024, 2048)
+PREFIXES = (0, 4096, 12288)
+NUM_DECODES = (16, 64, 128)
+DECODE_CTX = (2048, 8192)
+
+
+@dataclass
+class HybridBatch:
+    """A batch to time: prefill chunks as (chunk, prefix) pairs beside decodes (their contexts).
+
+    columns: how the batch is named in the CSV (the grid keeps its four axes as columns)."""
+
+    prefills: list[tuple[int, int]]
+    decodes: list[int]
+    shape: dict = field(default_factory=lambda: dict(SHAPE))
+    columns: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decodes) + sum(chunk for chunk, _ in self.prefills)
+
+    @property
+    def prefill_flops(self) -> float:
+        """Causal attention FLOPs of the prefill chunks (QK^T and PV, 2 FLOPs per multiply-add)."""
+        s = self.shape
+        return sum(4 * c * (p + (c + 1) / 2) for c, p in self.prefills) * s["head_dim"] * s["num_q_heads"]
+
+    @property
+    def decode_bytes(self) -> float:
+        """K and V bytes the decodes read (2 bytes per element)."""
+        s = self.shape
+        return 2 * sum(self.decodes) * s["num_kv_heads"] * s["head_dim"] * 2
+
+    def make(self, device="cuda") -> Batch:
+        """The batch, decodes first (as vLLM orders them), random values seeded by its size."""
+        seed = sum(c + p for c, p in self.prefills) + len(self.decodes)
+        return make_batch(self.decodes, [(c, p + c) for c, p in self.prefills], device=device, seed=seed,
+                          **self.shape)
+
+
+def grid_batch(chunk, prefix, n_dec, dec_ctx) -> HybridBatch:
+    return HybridBatch([(chunk, prefix)] if chunk else [], [dec_ctx] * n_dec,
+                       columns=dict(chunk=chunk, prefix=prefix, decodes=n_dec, decode_ctx=dec_ctx))
+
+
+def grid(stride: int = 1) -> list[HybridBatch]:
+    return [grid_batch(*cfg) for cfg in itertools.product(CHUNKS, PREFIXES, NUM_DECODES, DECODE_CTX)][::stride]
+
+
+def wide_batch(name, prefills, decodes, num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16):
+    """A batch of the wide table; decodes as (count, context) pairs."""
+    shape = dict(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                 block_size=block_size, dtype=torch.bfloat16)
+    return HybridBatch(list(prefills), [ctx for n, ctx in decodes for _ in range(n)], shape, dict(
+        batch=name, q_heads=num_q_heads, kv_heads=num_kv_heads, head_dim=head_dim, block_size=block_size,
+        prefills=" ".join(f"{c}@{p}" for c, p in prefills),
+        decodes=" ".join(f"{n}x{ctx}" for n, ctx in decodes)))
+
+
+# One long prefill with few decodes (where POD's prefill tile decides) and a balanced batch (where
+# the overlap pays), for each shape axis that the grid holds fixed.
+PREFILL_HEAVY = dict(prefills=[(2048, 12288)], decodes=[(16, 2048)])
+BALANCED = dict(prefills=[(1024, 4096)], decodes=[(128, 8192)])
+
+
+def wide_batches() -> list[HybridBatch]:
+    batches = [
+        wide_batch("3 chunks beside 64 decodes", [(1024, 0), (1024, 4096), (1024, 12288)], [(64, 4096)]),
+        wide_batch("4 chunks beside 128 decodes", [(512, 0)] * 4, [(128, 2048)]),
+        wide_batch("8 short chunks beside 16 decodes", [(256, 8192)] * 8, [(16, 8192)]),
+        wide_batch("2 chunks beside mixed decodes", [(2048, 0), (512, 16384)], [(32, 1024), (32, 16384)]),
+        wide_batch("long prefill beside 32K decodes", [(2048, 12288)], [(16, 32768)]),
+        wide_batch("long prefill beside 64K decodes", [(2048, 32768)], [(16, 65536)]),
+        wide_batch("long prefill beside 128K decodes", [(2048, 12288)], [(8, 131072)]),
+        wide_batch("short prefill beside 128K decodes", [(512, 0)], [(4, 131072)]),
+    ]
+    axes = [("GQA 1 (8/8 heads)", dict(num_q_heads=8, num_kv_heads=8)),
+            ("GQA 4 (32/8 heads)", dict(num_q_heads=32, num_kv_heads=8)),
+            ("GQA 7 (28/4 heads)", dict(num_q_heads=28, num_kv_heads=4)),
+            ("GQA 8 (64/8 heads)", dict(num_q_heads=64, num_kv_heads=8)),
+            ("head dim 64", dict(head_dim=64)),
+            ("head dim 256", dict(head_dim=256)),
+            ("KV block 32", dict(block_size=32)),
+            ("KV block 64", dict(block_size=64)),
+            ("Llama-3-70B TP=2 (32/4 heads)", dict(num_q_heads=32, num_kv_heads=4)),
+            ("Llama-3-70B TP=4 (16/2 heads)", dict(num_q_heads=16, num_kv_heads=2))]
+    for name, shape in axes:
+        batches.append(wide_batch(f"{name}, prefill-heavy", **PREFILL_HEAVY, **shape))
+        batches.append(wide_batch(f"{name}, balanced", **BALANCED, **shape))
+    return batches
+
+
+def time_graph(fn, iters: int) -> float:
+    """Median microseconds of one replay of a CUDA graph that captured fn()."""
+    fn()  # warm-up outside capture (module load, FA3's first-call setup)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(3):
+        graph.replay()
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for s, e in zip(start, end):
+        s.record()
+        graph.replay()
+        e.record()
+    torch.cuda.synchronize()
+    return 1000 * statistics.median(s.elapsed_time(e) for s, e in zip(start, end))
+
+
+class FA3:
+    """vLLM's FA3 call as its FLASH_ATTN backend makes it (AOT scheduler metadata, paged KV)."""
+
+    def __init__(self, b: Batch):
+        from vllm.vllm_flash_attn import flash_attn_varlen_func, get_scheduler_metadata
+        self.fn = flash_attn_varlen_func
+        self.q = b.query
+        self.out = torch.empty_like(self.q)
+        self.k, self.v = b.key_cache, b.value_cache
+        self.cu_q = b.query_start_loc
+        self.seqused_k = b.seq_lens
+        self.block_table = b.block_table
+        q_lens = self.cu_q[1:] - self.cu_q[:-1]
+        self.max_q, self.max_k = int(q_lens.max()), int(self.seqused_k.max())
+        self.scale = b.scale
+        self.meta = get_scheduler_metadata(
+            batch_size=len(self.seqused_k), max_seqlen_q=self.max_q, max_seqlen_k=self.max_k,
+            num_heads_q=b.query.shape[1], num_heads_kv=b.key_cache.shape[2],
+            headdim=b.query.shape[2], cache_seqlens=self.seqused_k, qkv_dtype=b.query.dtype,
+            cu_seqlens_q=self.cu_q, page_size=b.key_cache.shape[1], causal=True)
+
+    def __call__(self):
+        self.fn(q=self.q, k=self.k, v=self.v, out=self.out, cu_seqlens_q=self.cu_q,
+                max_seqlen_q=self.max_q, seqused_k=self.seqused_k, max_seqlen_k=self.max_k,
+                softmax_scale=self.scale, causal=True, block_table=self.block_table,
+                scheduler_metadata=self.meta, fa_version=3)
+        return self.out
+
+
+def hybrid_batch(chunk, prefix, n_dec, dec_ctx) -> Batch:
+    """One prefill chunk after `prefix` tokens plus n_dec decodes of dec_ctx, SHAPE, on the GPU."""
+    return grid_batch(chunk, prefix, n_dec, dec_ctx).make()
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def pod_call(b, plan, out):
+    """POD's op on batch b under plan, into out: a callable to time or capture."""
+    return lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
+
+
+def max_abs_diff(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def bench_batch(spec: HybridBatch, planner_options: dict, iters: int) -> dict:
+    """One CSV row: POD and FA3 on the whole batch and on each phase alone."""
+    b = spec.make()
+    n_dec, n_reqs = len(spec.decodes), len(spec.decodes) + len(spec.prefills)
+    parts = {"": b, "_prefill": sub_batch(b, slice(n_dec, n_reqs)), "_decode": sub_batch(b, slice(0, n_dec))}
+    t, plans, err = {}, {}, 0.0
+    for suffix, part in parts.items():
+        # Each part gets its own planner: a plan lives in its planner's buffers, which a CUDA
+        # graph captures by address.
+        plans[suffix] = plan_batch(new_planner(spec, **planner_options), part)
+        out = torch.full_like(part.query, float("nan"))
+        run_pod = pod_call(part, plans[suffix], out)
+        fa3 = FA3(part)
+        run_pod()
+        diff = max_abs_diff(out, fa3())
+        if not diff < 3e-2:
+            raise AssertionError(f"POD{suffix} differs from FA3 by {diff} on {spec.columns}")
+        err = max(err, diff)
+        t["pod" + suffix], t["fa3" + suffix] = time_graph(run_pod, iters), time_graph(fa3, iters)
+    ideal = max(t["fa3_prefill"], t["fa3_decode"])
+    pod_serial = t["pod_prefill"] + t["pod_decode"]
+    plan = plans[""]
+    return dict(**spec.columns,
+                prefill_items=plan.num_prefill_items, decode_items=plan.num_decode_items,
+                decode_slots_per_sm=plan.decode_slots_per_sm,
+                pod_us=t["pod"], fa3_us=t["fa3"], fa3_prefill_us=t["fa3_prefill"],
+                fa3_decode_us=t["fa3_decode"], ideal_us=ideal,
+                pod_over_fa3=t["pod"] / t["fa3"], pod_over_ideal=t["pod"] / ideal,
+                fa3_over_ideal=t["fa3"] / ideal,
+                prefill_tflops_fa3_alone=spec.prefill_flops / t["fa3_prefill"] / 1e6,
+                decode_tbps_fa3_alone=spec.decode_bytes / t["fa3_decode"] / 1e6,
+                pod_prefill_us=t["pod_prefill"], pod_decode_us=t["pod_decode"],
+                pod_over_own_serial=t["pod"] / pod_serial,
+                own_perfect_overlap=max(t["pod_prefill"], t["pod_decode"]) / pod_serial,
+                prefill_tflops_pod_alone=spec.prefill_flops / t["pod_prefill"] / 1e6,
+                decode_tbps_pod_alone=spec.decode_bytes / t["pod_decode"] / 1e6, max_abs_err_vs_fa3=err)
+
+
+def new_planner(spec: HybridBatch | None = None, **options) -> PodPlanner:
+    """A planner for the batch's shape (SHAPE by default) on the current GPU, as the backend makes one."""
+    shape, tokens, reqs = SHAPE, 0, 0
+    if spec is not None:
+        shape, tokens, reqs = spec.shape, spec.num_tokens, len(spec.decodes) + len(spec.prefills)
+    return device_planner(**shape, max_num_reqs=max(256, reqs), max_num_tokens=max(4096, tokens), **options)
+
+
+def pod_times(spec: HybridBatch, planner_options: list[dict], iters: int) -> list[float]:
+    """POD's time alone under each planner (tuning: no vLLM needed; correctness is the tests' job)."""
+    b = spec.make()
+    out = torch.full_like(b.query, float("nan"))
+    return [time_graph(pod_call(b, plan_batch(new_planner(spec, **options), b), out), iters)
+            for options in planner_options]
+
+
+def parse_planner(text: str) -> dict[str, int]:
+    """'prefill=2,min_decode_slots=0' -> {'prefill': 2, 'min_decode_slots': 0}"""
+    return {k: int(v) for k, v in (kv.split("=") for kv in text.split(","))}
+
+
+def planner_kwargs(opts: dict[str, int] | None) -> dict:
+    """PodPlanner arguments from --planner options (prefill/decode: KV-split items per CTA slot)."""
+    opts = dict(opts or {})
+    split = {kind: opts.pop(kind) for kind in ("prefill", "decode") if kind in opts}
+    return dict(split_items_per_slot=split or None, **opts)
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def summarize(rows: list[dict]) -> dict:
+    return dict(
+        configs=len(rows), geomean_pod_over_fa3=geomean([r["pod_over_fa3"] for r in rows]),
+        geomean_pod_over_ideal=geomean([r["pod_over_ideal"] for r in rows]),
+        geomean_fa3_over_ideal=geomean([r["fa3_over_ideal"] for r in rows]),
+        geomean_pod_over_own_serial=geomean([r["pod_over_own_serial"] for r in rows]),
+        geomean_own_perfect_overlap=geomean([r["own_perfect_overlap"] for r in rows]),
+        best_pod_over_fa3=min(r["pod_over_fa3"] for r in rows),
+        worst=max(rows, key=lambda r: r["pod_over_fa3"]))
+
+
+def batches_from_args(args) -> list[HybridBatch]:
+    if args.only:
+        return [grid_batch(*(int(x) for x in args.only.split(",")))]
+    return (wide_batches() if args.wide else grid())[::args.stride]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="CSV path; a .json summary is written beside it (default: print only)")
+    ap.add_argument("--wide", action="store_true", help="the wide table instead of the grid")
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--stride", type=int, default=1, help="time every STRIDE-th batch only")
+    ap.add_argument("--pod-only", action="store_true", help="time POD alone and print; no FA3, no files")
+    ap.add_argument("--only", metavar="CHUNK,PREFIX,DECODES,CTX",
+                    help="this one grid batch instead of a list (decodes may be 0 with --pod-only); "
+                         "with a profiler: ncu -k regex:pod_attention -c 1 python -m ... --pod-only --only ...")
+    ap.add_argument("--planner", action="append", type=parse_planner, metavar="KEY=N,...",
+                    help="planner options: prefill=N / decode=N (KV-split items per CTA slot), "
+                         "min_decode_slots=N; with --pod-only, repeat it to time each planner on the "
+                         "same batches")
+    args = ap.parse_args()
+    if args.planner and len(args.planner) > 1 and not args.pod_only:
+        ap.error("several --planner options need --pod-only")
+
+    planner_options = [planner_kwargs(opts) for opts in args.planner or [None]]
+    batches = batches_from_args(args)
+    if args.pod_only:
+        names = [",".join(f"{k}={v}" for k, v in (o or {}).items()) or "default" for o in args.planner or [None]]
+        times = [pod_times(spec, planner_options, args.iters) for spec in batches]
+        for spec, ts in zip(batches, times):
+            print(f"{spec.columns}  pod us " + "  ".join(f"{n} {t:8.1f}" for n, t in zip(names, ts)))
+        print("geomean pod_us " + "  ".join(f"{n} {geomean([ts[i] for ts in times]):.1f}"
+                                            for i, n in enumerate(names)))
+        return
+    rows = []
+    for i, spec in enumerate(batches):
+        rows.append(bench_batch(spec, planner_options[0], args.iters))
+        r = rows[-1]
+        print(f"[{i + 1}/{len(batches)}] {spec.columns}  pod {r['pod_us']:8.1f}us  fa3 {r['fa3_us']:8.1f}us  "
+              f"ideal {r['ideal_us']:8.1f}us  pod/fa3 {r['pod_over_fa3']:.3f}  pod/ideal {r['pod_over_ideal']:.3f}  "
+              f"pod/own serial {r['pod_over_own_serial']:.3f} (perfect {r['own_perfect_overlap']:.3f})",
+              flush=True)
+    planner = new_planner(**planner_options[0])
+    summary = dict(gpu=torch.cuda.get_device_properties(0).name, date=time.strftime("%Y-%m-%d"),
+                   torch=torch.__version__, batches="wide" if args.wide else "grid",
+                   shape=None if args.wide else {k: str(v) for k, v in SHAPE.items()},
+                   ctas_per_sm=planner.ctas_per_sm, prefill_tile_rows=planner.prefill_rows,
+                   split_targets=planner.split_targets, min_decode_slots=planner.min_decode_slots,
+                   **summarize(rows))
+    print(json.dumps({k: v for k, v in summary.items() if k != "worst"}, indent=1))
+    print("worst:", summary["worst"])
+    if args.out:
+        write_csv(args.out, rows)
+        with open(args.out.rsplit(".", 1)[0] + ".json", "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
