@@ -1,1 +1,1 @@
-"""Serving benchmarks: POD against vLLM's own attention backends (`python -m benchmarks.serving`)."""
+"""Serving benchmarks on vLLM's own sweep: configs, a local model directory, ratio tables, the soak."""

@@ -1,24 +1,23 @@
-"""Soak: many mixed requests through one server, then three checks.
+"""Soak: many mixed requests through one POD server under vLLM's sweep, watched and then checked.
 
-Passes when every request completed, the server log shows no error, and GPU memory (sampled with
-nvidia-smi during the run) stays within a tolerance once warm-up is over: vLLM allocates its KV cache
-up front, so growth after warm-up would be a leak.
+`python -m benchmarks.serving soak --dir EXPERIMENT_DIR -- COMMAND...` runs COMMAND (a
+`vllm bench sweep serve` with --show-stdout, e.g. benchmarks/serving/sweep.sh) with its output in
+a log (soak.log) while it samples GPU memory with nvidia-smi, and passes when every request
+of every run under EXPERIMENT_DIR completed, the output shows no error, and GPU memory stays within
+a tolerance once warm-up is over: vLLM allocates its KV cache up front, so growth after warm-up
+would be a leak. Writes soak.json, soak.md and memory.png beside the runs.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import gpu, logscan
-from .model_dir import make_model_dir
-from .runner import Options, Progress, run_bench, server_for, start_server, stop_server
-from .server import ServerError
-from .sweep import ServerSettings, plan, save_outcomes
-from .workloads import Workload
 
 MAX_SAMPLES = 100_000  # bounds the sampler however long the run goes
 
@@ -69,33 +68,37 @@ class MemoryCheck:
         return None if spread is None else spread <= self.tolerance_mib
 
 
-def without_per_request(result: dict) -> dict:
-    """The result JSON without its per-request lists (lengths, latencies, texts, errors: a few MB for
-    1000 requests), as `run` saves it; the soak's verdict keeps what it needs of them."""
-    n = result.get("num_prompts")
-    return {k: v for k, v in result.items() if not (isinstance(v, list) and len(v) == n)}
+def run_results(experiment_dir: Path) -> list[dict]:
+    """Every measured run's result under a sweep's experiment directory (run=N.json; warm-ups,
+    numbered -1, are left out)."""
+    results = []
+    for path in sorted(Path(experiment_dir).rglob("run=*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("run_number", 0) >= 0:
+            results.append(result)
+    return results
 
 
-def verdict(result: dict | None, num_prompts: int, log_errors: list[str], memory: MemoryCheck) -> dict:
-    """The soak's findings from the result JSON (saved with --save-detailed) and the checks."""
-    result = result or {}
-    completed = int(result.get("completed", 0))
-    failed = int(result.get("failed", 0))
-    errors = Counter(e for e in result.get("errors", []) if e)
+def verdict(exit_code: int, results: list[dict], log_errors: list[str], memory: MemoryCheck) -> dict:
+    """The soak's findings from the command's exit code, the runs' results, its output and memory."""
+    expected = sum(int(r.get("num_prompts", 0)) for r in results)
+    completed = sum(int(r.get("completed", 0)) for r in results)
+    failed = sum(int(r.get("failed", 0)) for r in results)
     checks = {
-        "all requests completed": completed == num_prompts and failed == 0,
-        "no errors in server log": not log_errors,
+        "the sweep finished": exit_code == 0,
+        "all requests completed": bool(results) and completed == expected and failed == 0,
+        "no errors in the output": not log_errors,
         "GPU memory flat after warm-up": memory.flat,
     }
     return {
         "passed": all(v is True for v in checks.values()),
         "checks": checks,
-        "requests": num_prompts,
+        "runs": len(results),
+        "requests": expected,
         "completed": completed,
         "failed": failed,
-        "request_errors": dict(errors.most_common(20)),
-        "server_log_errors": log_errors[:50],
-        "server_log_error_count": len(log_errors),
+        "log_errors": log_errors[:50],
+        "log_error_count": len(log_errors),
         "memory": {
             "warmup_s": memory.warmup_s,
             "tolerance_mib": memory.tolerance_mib,
@@ -105,79 +108,69 @@ def verdict(result: dict | None, num_prompts: int, log_errors: list[str], memory
     }
 
 
-def soak_markdown(name: str, found: dict) -> str:
+def soak_markdown(found: dict) -> str:
     mem = found["memory"]
-    lines = [
-        f"# Soak: {name}", "",
-        f"**{'PASSED' if found['passed'] else 'FAILED'}**", "",
-        "| check | result |", "|---|---|",
-    ]
-    lines += [
-        f"| {check} | {'pass' if ok else ('not measured' if ok is None else 'FAIL')} |"
-        for check, ok in found["checks"].items()
-    ]
+    lines = ["# Soak", "", f"**{'PASSED' if found['passed'] else 'FAILED'}**", "",
+             "| check | result |", "|---|---|"]
+    lines += [f"| {check} | {'pass' if ok else ('not measured' if ok is None else 'FAIL')} |"
+              for check, ok in found["checks"].items()]
     lines += [
         "",
-        f"- requests: {found['requests']}, completed {found['completed']}, failed {found['failed']}",
-        f"- server log error lines: {found['server_log_error_count']}",
+        f"- runs: {found['runs']}; requests: {found['requests']}, completed {found['completed']}, "
+        f"failed {found['failed']}",
+        f"- error lines in the output: {found['log_error_count']}",
         f"- GPU memory spread after {mem['warmup_s']:g} s warm-up: {mem['spread_after_warmup_mib']} MiB"
         f" (tolerance {mem['tolerance_mib']} MiB, {len(mem['samples'])} samples)",
     ]
-    if found["server_stop_warning"]:
-        lines.append(f"- {found['server_stop_warning']}")
-    lines += [f"- request error `{e}`: {n}" for e, n in found["request_errors"].items()]
-    lines += [f"    {line}" for line in found["server_log_errors"][:10]]
+    lines += [f"    {line}" for line in found["log_errors"][:10]]
     return "\n".join(lines) + "\n"
 
 
-def run_soak(
-    workload: Workload, model: str, backend: str, chunk_size: int | None,
-    settings: ServerSettings, opts: Options, *,
-    sample_interval_s: float = 2.0, warmup_s: float = 60.0, tolerance_mib: int = 256,
-) -> dict:
-    chunks = [chunk_size] if chunk_size else [workload.chunk_sizes[0]]
-    groups, skipped = plan([model], [backend], [workload], chunks, settings, opts)
-    if skipped or not groups:
-        raise ValueError(f"soak workload does not fit {model}: {skipped[0].reason if skipped else chunks}")
-    spec, runs = groups[0]
-    run = runs[0]  # the soak is one run: the workload's first request rate
-    progress = Progress(1)
-    make_model_dir(spec.model, opts.model_root)
-    baseline = gpu.memory_used_mib()
-    server = server_for(spec, opts)
-    sampler = MemorySampler(sample_interval_s)
-    result, log_text = None, ""
-    try:
-        start_server(server, opts, progress)
-        sampler.start()
-        outcome = run_bench(run, server, opts, progress, save_detailed=True)
-        # Read the log before stopping: shutdown messages are not the soak's errors.
-        log_text = server.log_text()
-        if outcome.result:
-            path = opts.results_dir / outcome.result
-            result = json.loads(path.read_text(encoding="utf-8"))
-            path.write_text(json.dumps(without_per_request(result), indent=2) + "\n", encoding="utf-8")
-    except ServerError as err:
-        log_text = f"ERROR server did not start: {err}\n" + server.log_text()
-        outcome = None
-    finally:
-        samples = sampler.stop() if sampler.is_alive() else sampler.samples
-        warning = stop_server(server, baseline, progress)
-    if outcome:
-        save_outcomes(opts.results_dir, [outcome])
-    memory = MemoryCheck(warmup_s, tolerance_mib, samples)
-    found = verdict(result, workload.num_prompts, logscan.error_lines(log_text), memory)
-    found["run"] = run.name
-    found["outcome"] = outcome.to_dict() if outcome else None
-    found["server_stop_warning"] = warning
-    out_dir = opts.results_dir / "soak"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "soak.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "soak.md").write_text(soak_markdown(run.name, found), encoding="utf-8")
-    try:
-        from .plots import memory_timeline
+def memory_timeline(samples: list[tuple[float, int]], warmup_s: float, out_path: Path) -> Path:
+    """GPU memory over the soak, with the warm-up period shaded."""
+    import matplotlib
 
-        memory_timeline(samples, warmup_s, out_dir / "memory.png", f"GPU memory — {run.name}")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    if samples:
+        ts, mib = zip(*samples)
+        ax.plot(ts, mib, marker=".", linewidth=1)
+    ax.axvspan(0, warmup_s, color="grey", alpha=0.2, label="warm-up")
+    ax.set_xlabel("seconds since the soak started")
+    ax.set_ylabel("GPU memory used (MiB)")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def run_soak(command: list[str], experiment_dir: Path, *, sample_interval_s: float = 2.0,
+             warmup_s: float = 60.0, tolerance_mib: int = 256) -> dict:
+    experiment_dir = Path(experiment_dir)
+    # vLLM's sweep refuses an experiment directory that exists: the log waits beside it.
+    experiment_dir.parent.mkdir(parents=True, exist_ok=True)
+    running_log = experiment_dir.parent / f".{experiment_dir.name}.soak.log"
+    sampler = MemorySampler(sample_interval_s)
+    sampler.start()
+    try:
+        with open(running_log, "wb") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    finally:
+        samples = sampler.stop()
+    experiment_dir.mkdir(exist_ok=True)
+    log_path = running_log.replace(experiment_dir / "soak.log")
+    memory = MemoryCheck(warmup_s, tolerance_mib, samples)
+    found = verdict(code, run_results(experiment_dir), logscan.error_lines(logscan.read_from(log_path)), memory)
+    found["command"] = command
+    (experiment_dir / "soak.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    (experiment_dir / "soak.md").write_text(soak_markdown(found), encoding="utf-8")
+    try:
+        memory_timeline(samples, warmup_s, experiment_dir / "memory.png")
     except ImportError:
-        pass  # matplotlib missing on this machine: soak.json has the samples
+        pass  # no matplotlib: soak.json has the samples
     return found
