@@ -2,7 +2,7 @@
 // warps act as one warpgroup and compute S = Q K^T and O += P V with wgmma for 128 query rows (two
 // m64 tiles; one at head dim 256, where two would not fit the registers) against one K/V tile, with
 // Q, K and V read by the tensor cores straight from shared memory and P from registers. 128 rows
-// halve the K/V traffic from L2 per FLOP against 64 (benchmarks/NOTES.md, v3-v4). The softmax is
+// halve the K/V traffic from L2 per FLOP against 64 (docs/design.md, "Tile shapes"). The softmax is
 // the mma.sync path's (attention_tile.cuh): wgmma's m64 accumulators give each warp 16 rows in the
 // mma.sync register layout. The scheduler, the plan, the decode tiles and the merges are shared.
 //
@@ -156,7 +156,7 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
   issue_scores<Cfg, NK>(sQ, sK, s);
   // Both m-tiles' softmaxes in one block, so their dependent chains (row max, shuffles, exp2, sum)
   // interleave: waiting for S_1 between them, to overlap it with the first softmax, serialised
-  // the two chains and measured slower (benchmarks/NOTES.md, session 7).
+  // the two chains and measured slower (docs/design.md, "Pipelines and barriers").
   cute::warpgroup_wait<0>();
   float alpha[M][2];
   bool moved = false;

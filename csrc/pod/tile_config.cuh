@@ -18,7 +18,7 @@ struct TileConfig {
   // come from L2 once per tile, so 64-row tiles cap the prefill near L2 bandwidth (~4.5 TB/s, ~290
   // TFLOP/s at 64 FLOP/B). The Hopper tile therefore takes 128 rows (two m64 wgmma tiles; its
   // accumulators fit the register file up to D=128). The mma.sync tile keeps 1 x m16 per warp and
-  // 64 keys, measured best for it (benchmarks/NOTES.md); POD_PREFILL_MTILES / POD_PREFILL_KEYS
+  // 64 keys, measured best for it (docs/design.md, "Tile shapes"); POD_PREFILL_MTILES / POD_PREFILL_KEYS
   // override it in tuning builds.
 #ifdef POD_PREFILL_MTILES
   static constexpr int kSimtMTiles = D <= 128 ? POD_PREFILL_MTILES : 1;

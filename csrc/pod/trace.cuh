@@ -1,5 +1,5 @@
 // Diagnosis builds (-DPOD_TRACE=1): each item's CTA, SM and start/end times are written into the
-// item's spare ints in the plan buffer, where benchmarks/trace_items.py reads them back. Shows
+// item's spare ints in the plan buffer, where benchmarks/kernel/trace_items.py reads them back. Shows
 // what the aggregate profile cannot: per-item durations (a CTA's rate against the item's size) and
 // the timeline (when decodes drain, how long the tail is). Off by default: no code at all.
 #pragma once
