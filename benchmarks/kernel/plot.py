@@ -2,6 +2,7 @@
 max(prefill alone, decode alone).
 
     python -m benchmarks.kernel.plot benchmarks/results/kernel_h100.csv   # writes kernel_h100.png
+    python -m benchmarks.kernel.plot benchmarks/results/kernel_wide_h200.csv  # the wide table
 """
 
 import csv
@@ -16,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot(csv_path: str) -> str:
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    labels = [f"{r['chunk']}/{r['prefix']}/{r['decodes']}x{int(r['decode_ctx']) // 1024}K" for r in rows]
+    # Grid rows are named by their axes, rows of the wide table by their batch name.
+    labels = [r["batch"] if "batch" in r else
+              f"{r['chunk']}/{r['prefix']}/{r['decodes']}x{int(r['decode_ctx']) // 1024}K" for r in rows]
     pod = [float(r["pod_over_ideal"]) for r in rows]
     fa3 = [float(r["fa3_over_ideal"]) for r in rows]
     x = range(len(rows))
@@ -25,9 +28,10 @@ def plot(csv_path: str) -> str:
     ax.bar([i + 0.2 for i in x], pod, width=0.4, label="POD (fused)")
     ax.axhline(1.0, color="k", lw=0.8, ls="--", label="ideal: max(prefill alone, decode alone)")
     ax.set_xticks(list(x), labels, rotation=90, fontsize=7)
-    ax.set_xlabel("chunk / prefix / decodes x context")
+    ax.set_xlabel("batch" if "batch" in rows[0] else "chunk / prefix / decodes x context")
     ax.set_ylabel("time / ideal (lower is better)")
-    ax.set_title("Hybrid-batch attention on one GPU (Llama-3-8B shapes, bf16, block 16)")
+    ax.set_title("Hybrid-batch attention on one GPU (bf16)" if "batch" in rows[0] else
+                 "Hybrid-batch attention on one GPU (Llama-3-8B shapes, bf16, block 16)")
     ax.legend()
     fig.tight_layout()
     out = csv_path.rsplit(".", 1)[0] + ".png"
