@@ -34,10 +34,11 @@ struct RowSink {
   }
 };
 
-// Prefill: each warp writes its own rows straight from registers.
+// Prefill: each warp writes its own rows straight from registers; the warp's m-tile mt holds rows
+// Cfg::prefill_row(warp, mt0 + mt) (mt0: the first m-tile of the item this warp state covers).
 template <class Cfg, int M>
 __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const RowSink<Cfg>& sink,
-                                                int warp, int used, float scale_log2) {
+                                                int warp, int mt0, int used, float scale_log2) {
   float lse[M][2];
   st.finalize(scale_log2, lse);
   const int lane = threadIdx.x & 31;
@@ -45,7 +46,7 @@ __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const Row
   for (int mt = 0; mt < M; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = Cfg::prefill_row(warp, mt) + (lane >> 2) + 8 * r;
+      const int row = Cfg::prefill_row(warp, mt0 + mt) + (lane >> 2) + 8 * r;
       if (row >= used) continue;
 #pragma unroll
       for (int j = 0; j < Cfg::D / 8; ++j)
@@ -55,14 +56,15 @@ __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const Row
 }
 
 // Decode: the warps hold the same 16 rows over different keys; combine them through shared memory
-// (which the caller has finished using for tiles) and write the rows with all threads.
-template <class Cfg>
+// (which the team has finished using for tiles) and write the rows with all its threads.
+template <class Cfg, class Team>
 __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const RowSink<Cfg>& sink,
-                                                   float* scratch, int used, float scale_log2) {
+                                                   float* scratch, int used, float scale_log2,
+                                                   const Team& team) {
   constexpr int D = Cfg::D, R = Cfg::kDecodeRows;
   float* s_o = scratch;                           // [kDecodeWarps][R][D]
   float* s_lse = scratch + Cfg::kWarps * R * D;   // [kDecodeWarps][R]
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = team.warp(), lane = threadIdx.x & 31;
   if (warp < Cfg::kDecodeWarps) {
     float lse[1][2];
     st.finalize(scale_log2, lse);
@@ -76,8 +78,8 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const 
       if ((lane & 3) == 0) s_lse[warp * R + row] = lse[0][r];
     }
   }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < used * (D / 2); idx += Cfg::kThreads) {
+  team.sync();
+  for (int idx = team.tid; idx < used * (D / 2); idx += Team::kThreads) {
     const int row = idx / (D / 2), d = (idx % (D / 2)) * 2;
     float mx = -INFINITY;
 #pragma unroll
@@ -96,22 +98,23 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const 
   }
 }
 
-// After this CTA wrote its split's partial rows: count the split in; the CTA that completes the
+// After a team wrote its split's partial rows: count the split in; the team that completes the
 // group combines all splits into `out` and re-zeroes the counter (so the next launch, or a CUDA
-// graph replay, starts clean without a memset). `scratch` is the CTA's tile region, free by now.
-template <class Cfg>
+// graph replay, starts clean without a memset). `scratch` (2 * used floats) and `s_flag` are the
+// team's own shared memory, free by now.
+template <class Cfg, class Team>
 __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem& it, int used,
-                                             float* scratch, int* s_flag) {
+                                             float* scratch, int* s_flag, const Team& team) {
   using T = typename Cfg::T;
-  constexpr int D = Cfg::D;
+  constexpr int D = Cfg::D, kThreads = Team::kThreads;
   __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
+  team.sync();
+  if (team.leader()) {
     const int done = atomicAdd(p.counters + kCtrMerge + it.merge_id, 1);
     *s_flag = done == it.num_splits - 1;
     if (*s_flag) p.counters[kCtrMerge + it.merge_id] = 0;
   }
-  __syncthreads();
+  team.sync();
   if (!*s_flag) return;
   __threadfence();
   // The partials come from L2, so the merge is a chain of L2 round trips unless each thread keeps
@@ -121,7 +124,7 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
   const float* lse = p.partial_lse + it.slot_base;
   float* s_max = scratch;
   float* s_inv = scratch + used;
-  for (int row = threadIdx.x; row < used; row += Cfg::kThreads) {
+  for (int row = team.tid; row < used; row += kThreads) {
     float mx = -INFINITY;
 #pragma unroll 8
     for (int s = 0; s < ns; ++s) mx = fmaxf(mx, __ldcg(lse + s * used + row));
@@ -131,17 +134,17 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
     s_max[row] = mx;
     s_inv[row] = 1.f / sum;
   }
-  __syncthreads();
+  team.sync();
   // ...then the weighted sum, kUnits column groups of four per thread against kBatch splits at a
   // time: kUnits * kBatch independent 16-byte loads per round trip.
   constexpr int kVec = 4, kUnits = 4, kBatch = 2;
   const int n = used * (D / kVec);
-  for (int base = threadIdx.x; base < n; base += Cfg::kThreads * kUnits) {
+  for (int base = team.tid; base < n; base += kThreads * kUnits) {
     int row[kUnits], d[kUnits];
     float4 acc[kUnits];
 #pragma unroll
     for (int u = 0; u < kUnits; ++u) {
-      const int idx = min(base + u * Cfg::kThreads, n - 1);  // past n: a duplicate, not stored
+      const int idx = min(base + u * kThreads, n - 1);  // past n: a duplicate, not stored
       row[u] = idx / (D / kVec);
       d[u] = (idx % (D / kVec)) * kVec;
       acc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -171,7 +174,7 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
     }
 #pragma unroll
     for (int u = 0; u < kUnits; ++u) {
-      if (base + u * Cfg::kThreads >= n) break;
+      if (base + u * kThreads >= n) break;
       const float inv = s_inv[row[u]];
       uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<T>(p, it, row[u], d[u]));
       dst[0] = pack2<T>(acc[u].x * inv, acc[u].y * inv);

@@ -20,9 +20,12 @@ constexpr bool kCompilingHopper = false;
 
 namespace pod {
 
+// One item, by one team of Cfg::kThreads threads, in the shared-memory region `smem`: a query tile
+// (prefill rows, or decode's 16), then the K/V ring. The two-CTA kernel runs both kinds this way;
+// the warp-specialized kernel runs its decode items this way (pod_kernel_sm90.cuh).
 template <class Cfg, int kKind>
 __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it, char* smem,
-                                         int* s_flag) {
+                                         int* s_flag, const Team<Cfg::kThreads>& team) {
   using T = typename Cfg::T;
   constexpr bool kIsDecode = kKind == kDecode;
   constexpr int kRows = kIsDecode ? Cfg::kDecodeRows : Cfg::kPrefillRows;
@@ -39,11 +42,11 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
 #endif
   constexpr int kStages = kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sKV = sQ + Cfg::kQElems;  // the K/V ring, [stage][K|V][keys][D]
+  T* sKV = sQ + kRows * Cfg::D;  // the K/V ring, [stage][K|V][keys][D]
   auto sK = [&](int stage) { return sKV + (2 * stage) * kKeys * Cfg::D; };
   auto sV = [&](int stage) { return sKV + (2 * stage + 1) * kKeys * Cfg::D; };
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = team.warp(), lane = threadIdx.x & 31;
   const int used = it.n_tok * it.nh;
   int row_pos[kM][2];  // sequence positions of this thread's rows
 #pragma unroll
@@ -58,11 +61,12 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   WarpState<Cfg, kM> st;
   st.init();
   const int num_tiles = (it.kv_end - it.kv_start + kKeys - 1) / kKeys;
-  load_query_rows<Cfg, QLayout>(sQ, p, it, kRows);
+  load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
   // One commit group per K/V tile, into its stage of the ring: waiting for tile t leaves the (up
   // to kStages - 2) newer ones in flight.
   auto load_tile = [&](int t) {
-    load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, it.kv_start + t * kKeys);
+    load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, it.kv_start + t * kKeys,
+                                       team.tid);
     cp_async_commit();
   };
 #pragma unroll
@@ -75,7 +79,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     // all and shows every thread done with tile t - 1, whose stage tile t + kStages - 1 refills.
     cp_async_wait_newest<kStages - 2>(num_tiles - 1 - t);
     if constexpr (kWgmma) fence_proxy_async();
-    __syncthreads();
+    team.sync();
     if (ahead < num_tiles) load_tile(ahead);
     const int stage = t % kStages;
     const bool masked = tile_start > mask_from;
@@ -108,44 +112,58 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
                                            it.kv_end, row_pos, p.scale_log2);
     }
   }
-  __syncthreads();  // the decode merge reuses the ring's shared memory
+  team.sync();  // the decode merge reuses the ring's shared memory
 
   const RowSink<Cfg> sink{p, it};
   if constexpr (kIsDecode)
-    merge_decode_warps<Cfg>(st, sink, reinterpret_cast<float*>(smem), used, p.scale_log2);
+    merge_decode_warps<Cfg>(st, sink, reinterpret_cast<float*>(smem), used, p.scale_log2, team);
   else
-    store_warp_rows<Cfg>(st, sink, warp, used, p.scale_log2);
-  if (it.slot >= 0) finish_split<Cfg>(p, it, used, reinterpret_cast<float*>(smem), s_flag);
+    store_warp_rows<Cfg>(st, sink, warp, 0, used, p.scale_log2);
+  if (it.slot >= 0) finish_split<Cfg>(p, it, used, reinterpret_cast<float*>(smem), s_flag, team);
 }
 
-// The persistent loop: pull items from the scheduler until both queues are drained.
+// Where a team's leader hands the item it took to the rest of the team.
+struct ItemSlot {
+  WorkItem item;
+  int kind, index, flag;
+};
+
+// A team's item loop: its leader takes items with take(&kind) (-1: none left) and the team runs
+// them. kDecodeOnly: a team that only ever takes decode items (the prefill path is not compiled in).
+template <class Cfg, bool kDecodeOnly, class Take>
+__device__ __forceinline__ void run_team_items(const PodParams& p, char* smem, ItemSlot& slot,
+                                               const Team<Cfg::kThreads>& team, Take&& take) {
+  while (true) {
+    if (team.leader()) {
+      slot.index = take(&slot.kind);
+      if (slot.index >= 0)
+        slot.item = reinterpret_cast<const WorkItem*>(p.plan + PLAN_HEADER_INTS)[slot.index];
+    }
+    team.sync();
+    if (slot.index < 0) break;
+    // A register copy: reading the item from shared memory in the key loop measured 25% slower.
+    const WorkItem it = slot.item;
+    const int index = slot.index;
+    const uint32_t start = trace_clock();
+    if (kDecodeOnly || slot.kind == kDecode)
+      run_item<Cfg, kDecode>(p, it, smem, &slot.flag, team);
+    else if constexpr (!kDecodeOnly)
+      run_item<Cfg, kPrefill>(p, it, smem, &slot.flag, team);
+    trace_item(p, index, start, team.leader());
+    team.sync();  // shared memory and the slot are reused by the next item
+  }
+}
+
+// The persistent loop of the two-CTA kernel: the whole CTA is one team that takes both kinds.
 template <class Cfg>
 __device__ __forceinline__ void run_items(const PodParams& p) {
   extern __shared__ __align__(128) char smem_raw[];
   char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
-  __shared__ WorkItem s_item;
-  __shared__ int s_kind, s_index, s_flag;
+  __shared__ ItemSlot slot;
   Scheduler sched{p.plan, p.counters, p.ctas_per_sm};
   if (threadIdx.x == 0) sched.start();
-  while (true) {
-    if (threadIdx.x == 0) {
-      s_index = sched.next(&s_kind);
-      if (s_index >= 0)
-        s_item = reinterpret_cast<const WorkItem*>(p.plan + PLAN_HEADER_INTS)[s_index];
-    }
-    __syncthreads();
-    if (s_index < 0) break;
-    // A register copy: reading the item from shared memory in the key loop measured 25% slower.
-    const WorkItem it = s_item;
-    const int index = s_index;
-    const uint32_t start = trace_clock();
-    if (s_kind == kDecode)
-      run_item<Cfg, kDecode>(p, it, smem, &s_flag);
-    else
-      run_item<Cfg, kPrefill>(p, it, smem, &s_flag);
-    trace_item(p, index, start);
-    __syncthreads();  // shared memory and s_item are reused by the next item
-  }
+  run_team_items<Cfg, false>(p, smem, slot, Team<Cfg::kThreads>{int(threadIdx.x), 0},
+                             [&](int* kind) { return sched.next(kind); });
   if (threadIdx.x == 0) sched.finish();
 }
 

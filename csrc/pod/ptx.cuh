@@ -84,6 +84,24 @@ template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// bar.sync on hardware barrier `id` for `n` threads (whole warps). __syncthreads is barrier 0 with
+// every thread of the CTA; the warp-specialized kernel gives each role a barrier of its own.
+__device__ __forceinline__ void named_barrier_sync(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
+// The threads that work on one item together and synchronise among themselves: the whole
+// 128-thread CTA of the two-CTA kernel (barrier 0), or a role of the warp-specialized kernel.
+template <int kSize>
+struct Team {
+  static constexpr int kThreads = kSize;
+  int tid;      // this thread's index in the team
+  int barrier;  // its hardware barrier id
+  __device__ __forceinline__ void sync() const { named_barrier_sync(barrier, kSize); }
+  __device__ __forceinline__ int warp() const { return tid >> 5; }
+  __device__ __forceinline__ bool leader() const { return tid == 0; }
+};
+
 __device__ __forceinline__ uint32_t sm_id() {
   uint32_t id;
   asm volatile("mov.u32 %0, %%smid;\n" : "=r"(id));

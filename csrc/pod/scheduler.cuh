@@ -20,29 +20,41 @@ struct Scheduler {
   bool prefill_drained, decode_drained;
   int preferred;
 
-  // Called by thread 0 only.
-  __device__ __forceinline__ void start() {
+  // A team leader that takes items of one kind only (the warp-specialized kernel's roles).
+  __device__ __forceinline__ void start_queues() {
     num_prefill = plan[kNumPrefillItems];
     num_decode = plan[kNumDecodeItems];
     prefill_drained = decode_drained = false;
+  }
+
+  // The CTA's thread 0 in the two-CTA kernel: the queues and this CTA's preferred kind.
+  __device__ __forceinline__ void start() {
+    start_queues();
     const int decode_slots = plan[kDecodeSlotsPerSm];
     const int slot = atomicAdd(counters + kCtrSmSlots + sm_id() % kMaxSmIds, 1);
     preferred = slot % ctas_per_sm < decode_slots ? kDecode : kPrefill;
   }
 
-  // Thread 0: the next item as an index into the plan's item array, or -1 when all work is taken.
+  // The next item of kind k as an index into the plan's item array, or -1 once that queue is empty.
+  __device__ __forceinline__ int take(int k) {
+    // Scalars rather than arrays indexed by kind: keeps the leader's state out of local memory.
+    bool& drained = k == kPrefill ? prefill_drained : decode_drained;
+    if (drained) return -1;
+    const int i = atomicAdd(counters + kCtrQueueHead + k, 1);
+    if (i < (k == kPrefill ? num_prefill : num_decode)) return k == kPrefill ? i : num_prefill + i;
+    drained = true;
+    return -1;
+  }
+
+  // Thread 0: the next item of the preferred kind, else of the other; -1 when all work is taken.
   __device__ __forceinline__ int next(int* kind) {
     for (int attempt = 0; attempt < 2; ++attempt) {
-      // Scalars rather than arrays indexed by kind: keeps thread 0's state out of local memory.
       const int k = attempt == 0 ? preferred : 1 - preferred;
-      bool& drained = k == kPrefill ? prefill_drained : decode_drained;
-      if (drained) continue;
-      const int i = atomicAdd(counters + kCtrQueueHead + k, 1);
-      if (i < (k == kPrefill ? num_prefill : num_decode)) {
+      const int i = take(k);
+      if (i >= 0) {
         *kind = k;
-        return k == kPrefill ? i : num_prefill + i;
+        return i;
       }
-      drained = true;
     }
     return -1;
   }

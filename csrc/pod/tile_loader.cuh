@@ -1,5 +1,6 @@
 // Global -> shared copies of one work item's query rows and of one K/V tile gathered from the
-// paged cache (any block/token/head strides; the head dim is contiguous). All threads take part.
+// paged cache (any block/token/head strides; the head dim is contiguous). The Cfg::kThreads threads
+// of one team take part; tid is a thread's index in it.
 #pragma once
 #include "ptx.cuh"
 #include "tile_config.cuh"
@@ -16,11 +17,11 @@ struct SwzLayout {
 // Query rows r = token * nh + head of the item; rows past the item are zero-filled (never written out).
 template <class Cfg, class Layout>
 __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodParams& p,
-                                                const WorkItem& it, int rows) {
+                                                const WorkItem& it, int rows, int tid) {
   using T = typename Cfg::T;
   const T* q = static_cast<const T*>(p.q);
   const int used = it.n_tok * it.nh;
-  for (int idx = threadIdx.x; idx < rows * Cfg::kChunks; idx += Cfg::kThreads) {
+  for (int idx = tid; idx < rows * Cfg::kChunks; idx += Cfg::kThreads) {
     const int r = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
     const bool valid = r < used;
     const int t = valid ? r / it.nh : 0;
@@ -38,12 +39,12 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
 template <class Cfg, int kKeys, class Layout>
 __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
                                              const PodParams& p, const WorkItem& it,
-                                             int tile_start) {
+                                             int tile_start, int tid) {
   using T = typename Cfg::T;
   constexpr int kKeysPerThread = kKeys * Cfg::kChunks / Cfg::kThreads;
   static_assert(kKeysPerThread >= 1 && 16 % kKeysPerThread == 0, "a thread's keys must share a page");
-  const int c = threadIdx.x % Cfg::kChunks;
-  const int key0 = threadIdx.x / Cfg::kChunks * kKeysPerThread;
+  const int c = tid % Cfg::kChunks;
+  const int key0 = tid / Cfg::kChunks * kKeysPerThread;
   const int pos0 = tile_start + key0;
   const int page = pos0 < it.kv_end ? __ldg(p.block_table + it.req * p.bt_stride + (pos0 >> p.log2_block_size)) : 0;
   const int off = pos0 & ((1 << p.log2_block_size) - 1);

@@ -24,10 +24,10 @@ __device__ __forceinline__ uint32_t trace_clock() {
   }
 }
 
-// Called by every thread after an item; thread 0 records it.
-__device__ __forceinline__ void trace_item(const PodParams& p, int index, uint32_t start) {
+// Called by every thread of a team after an item; its leader records it.
+__device__ __forceinline__ void trace_item(const PodParams& p, int index, uint32_t start, bool leader) {
   if constexpr (POD_TRACE) {
-    if (threadIdx.x != 0) return;
+    if (!leader) return;
     WorkItem* item = reinterpret_cast<WorkItem*>(const_cast<int*>(p.plan) + PLAN_HEADER_INTS) + index;
     item->trace_cta_sm = static_cast<int>(blockIdx.x * kMaxSmIds + sm_id());
     item->trace_start = static_cast<int>(start);

@@ -1,0 +1,197 @@
+// The warp-specialized Hopper kernel (sm_90a; head dims 64 and 128): one persistent CTA per SM of
+// four warpgroups with fixed roles, so that prefill and decode work share every SM at warpgroup
+// level (docs/design.md, "The warp-specialized Hopper kernel"):
+//   warpgroup 0     prefill producer: takes prefill items and copies their query rows and K/V tiles
+//                   into an mbarrier ring (prefill_mainloop_sm90.cuh); keeps 56 registers
+//   warpgroups 1-2  prefill consumers: 64 query rows each of the producer's 128-row item, on wgmma;
+//                   160 registers each
+//   warpgroup 3     decode: takes decode items and runs them with its own loads (run_item); 136
+// 56 + 2 x 160 + 136 = 512 registers per four threads: the whole register file at 512 threads.
+// Once the prefill queue is empty, consumer warpgroup 1 takes decode items too, in the prefill
+// shared memory, which is then free. Each role synchronises on barriers of its own; the whole CTA
+// meets only at the start and the end.
+#pragma once
+#include "pod_kernel.cuh"
+#include "prefill_mainloop_sm90.cuh"
+
+#if defined(POD_WGMMA_PREFILL)
+namespace pod::sm90 {
+
+template <class Cfg_>
+struct WarpSpecialized {
+  using Cfg = Cfg_;
+  static_assert(Cfg::kHopper && Cfg::D <= 128 && Cfg::kPrefillRows == 128 && Cfg::kThreads == 128,
+                "two m64 consumer slices of one 128-row item");
+  static constexpr int kThreads = 4 * 128;
+  static constexpr int kProducerRegs = 56, kConsumerRegs = 160, kDecodeRegs = 136;
+  static_assert(kProducerRegs + 2 * kConsumerRegs + kDecodeRegs == 512, "the register file at 512 threads");
+#ifndef POD_WS_K_STAGES
+#define POD_WS_K_STAGES 3
+#endif
+#ifndef POD_WS_V_STAGES
+#define POD_WS_V_STAGES 3
+#endif
+  using Ring = PrefillRing<Cfg, POD_WS_K_STAGES, POD_WS_V_STAGES>;
+  // Decode's region: its 16 query rows and ring (run_item's layout); the merge scratch reuses it.
+  static constexpr size_t kDecodeBytes =
+      sizeof(typename Cfg::T) * Cfg::D * (Cfg::kDecodeRows + Cfg::kDecodeStages * 2 * Cfg::kDecodeKeys);
+  static_assert(Cfg::kMergeBytes <= kDecodeBytes && kDecodeBytes <= Ring::kBytes,
+                "the decode merge fits the decode region, which fits the prefill region");
+  static constexpr size_t kSmemBytes = Ring::kBytes + kDecodeBytes;
+  static constexpr size_t kSmemAlloc = kSmemBytes + 1024;  // tiles start on a 1 KiB boundary
+  // Hardware barrier ids (0 is the whole CTA's).
+  enum : int { kProducerBar = 1, kConsumersBar = 2, kDecodeBar = 3, kFallbackBar = 4 };
+};
+
+// What the CTA keeps in static shared memory beside the tiles.
+template <class WS>
+struct WsShared {
+  MBarrier q_full, q_empty;
+  MBarrier k_full[WS::Ring::kKStages], k_empty[WS::Ring::kKStages];
+  MBarrier v_full[WS::Ring::kVStages], v_empty[WS::Ring::kVStages];
+  WorkItem producer_item[2];  // the producer leader's hand-off to its warpgroup (double-buffered)
+  int producer_index[2];
+  WorkItem consumer_item;     // the producer's hand-off to the consumers, published by q_full
+  int consumer_index;
+  float merge_scratch[2 * 128];  // the consumers' split merge
+  int merge_flag;
+  ItemSlot decode_slot, fallback_slot;
+};
+
+template <class WS>
+__device__ __forceinline__ void run_producer(const PodParams& p, const typename WS::Ring& ring,
+                                             WsShared<WS>& sh, Scheduler& sched) {
+  const int tid = threadIdx.x;  // warpgroup 0
+  RingPositions<typename WS::Ring> pos;
+  for (int n = 0;; ++n) {
+    const int b = n & 1;
+    if (tid == 0) {
+      const int index = sched.take(kPrefill);
+      sh.producer_index[b] = index;
+      if (index >= 0) sh.producer_item[b] = reinterpret_cast<const WorkItem*>(p.plan + PLAN_HEADER_INTS)[index];
+    }
+    named_barrier_sync(WS::kProducerBar, 128);
+    const int index = sh.producer_index[b];
+    ring.q_empty->wait(b ^ 1);  // the consumers are done with the last item's query rows
+    if (tid == 0) {
+      sh.consumer_index = index;
+      if (index >= 0) sh.consumer_item = sh.producer_item[b];
+      ring.q_full->arrive();  // publishes the hand-off
+    }
+    if (index < 0) {
+      ring.q_full->arrive_after_copies();  // no copies: completes the phase, which says "done"
+      return;
+    }
+    const WorkItem it = sh.producer_item[b];
+    produce_item<typename WS::Cfg>(p, it, ring, pos, tid);
+  }
+}
+
+template <class WS>
+__device__ __forceinline__ void run_consumer(const PodParams& p, const typename WS::Ring& ring,
+                                             WsShared<WS>& sh, int slice) {
+  using Cfg = typename WS::Cfg;
+  const Team<256> both{int(threadIdx.x) - 128, WS::kConsumersBar};
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  RingPositions<typename WS::Ring> pos;
+  if (POD_WS_PINGPONG && slice == 1) named_barrier_arrive(kTurnBar, 256);
+  for (int n = 0;; ++n) {
+    ring.q_full->wait(n & 1);
+#ifndef POD_WS_NO_FENCE
+    fence_proxy_async();  // the query rows came by cp.async; wgmma reads them
+#endif
+    const int index = sh.consumer_index;
+    if (index < 0) {
+      if (POD_WS_PINGPONG && slice == 0) named_barrier_sync(kTurnBar, 256);  // consumer 1's last pass
+      return;
+    }
+    const WorkItem it = sh.consumer_item;
+    const uint32_t start = trace_clock();
+    const int used = it.n_tok * it.nh;
+    int row_pos[1][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      row_pos[0][r] = it.q_pos0 + (Cfg::prefill_row(warp, slice) + (lane >> 2) + 8 * r) / it.nh;
+    WarpState<Cfg, 1> st;
+    st.init();
+    consume_item<Cfg>(p, it, ring, pos, slice, st, row_pos);
+    const RowSink<Cfg> sink{p, it};
+    store_warp_rows<Cfg>(st, sink, warp, slice, used, p.scale_log2);
+    if (it.slot >= 0) finish_split<Cfg>(p, it, used, sh.merge_scratch, &sh.merge_flag, both);
+    trace_item(p, index, start, both.leader());
+  }
+}
+
+// A decode team's loop: decode items only, in the shared-memory region `smem`.
+template <class WS>
+__device__ __forceinline__ void run_decode(const PodParams& p, char* smem, ItemSlot& slot, int barrier) {
+  using Cfg = typename WS::Cfg;
+  const Team<128> team{int(threadIdx.x) & 127, barrier};
+  Scheduler sched{p.plan, p.counters, p.ctas_per_sm};
+  if (team.leader()) sched.start_queues();
+  run_team_items<Cfg, true>(p, smem, slot, team, [&](int*) { return sched.take(kDecode); });
+}
+
+template <class WS>
+__device__ __forceinline__ void run_warp_specialized(const PodParams& p) {
+  extern __shared__ __align__(128) char smem_raw[];
+  char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  __shared__ WsShared<WS> sh;
+  using T = typename WS::Cfg::T;
+  const typename WS::Ring ring{reinterpret_cast<T*>(smem), &sh.q_full, &sh.q_empty, sh.k_full,
+                               sh.k_empty, sh.v_full, sh.v_empty};
+  if (threadIdx.x == 0) {
+    ring.init_barriers(128);
+    fence_barrier_init();
+  }
+  __syncthreads();
+  // Each role is one branch (setmaxnreg needs that); the roles meet again at the CTA barrier, and
+  // the last CTA to get there re-zeroes the scheduler's counters.
+  const int role = threadIdx.x / 128;
+  if (role == 0) {
+    release_registers<WS::kProducerRegs>();
+    Scheduler sched{p.plan, p.counters, p.ctas_per_sm};
+    if (threadIdx.x == 0) sched.start_queues();
+    run_producer<WS>(p, ring, sh, sched);
+  } else if (role <= 2) {
+    claim_registers<WS::kConsumerRegs>();
+    run_consumer<WS>(p, ring, sh, role - 1);
+    // The other consumer may still read the ring's last stages: wait for it before reusing them.
+    named_barrier_sync(WS::kConsumersBar, 256);
+    if (role == 1) run_decode<WS>(p, smem, sh.fallback_slot, WS::kFallbackBar);
+  } else {
+    claim_registers<WS::kDecodeRegs>();
+    run_decode<WS>(p, smem + WS::Ring::kBytes, sh.decode_slot, WS::kDecodeBar);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) Scheduler{p.plan, p.counters, p.ctas_per_sm}.finish();
+}
+
+}  // namespace pod::sm90
+#endif  // POD_WGMMA_PREFILL
+
+namespace pod {
+
+// The kernel the host launches for Cfg, with its block size and shared memory: the
+// warp-specialized kernel for the Hopper configuration at head dims up to 128, else the two-CTA one.
+template <class Cfg>
+struct KernelOf {
+#if defined(POD_WGMMA_PREFILL)
+  static constexpr bool kWarpSpecialized = Cfg::kHopper && Cfg::D <= 128;
+#else
+  static constexpr bool kWarpSpecialized = false;
+#endif
+  static constexpr int kThreads = kWarpSpecialized ? 512 : Cfg::kThreads;
+};
+
+template <class Cfg>
+__global__ void __launch_bounds__(512, 1) pod_warp_specialized_kernel(const PodParams p) {
+#if defined(POD_WGMMA_PREFILL)
+  if constexpr (Cfg::kHopper == kCompilingHopper) sm90::run_warp_specialized<sm90::WarpSpecialized<Cfg>>(p);
+  else __trap();
+#else
+  __trap();
+#endif
+}
+
+}  // namespace pod
