@@ -3,7 +3,7 @@
 #pragma once
 #include <cuda_runtime.h>
 #include "../pod_attention.h"
-#include "pod_kernel.cuh"
+#include "pod_kernel_sm90.cuh"
 #include "tile_config.cuh"
 
 namespace pod {
@@ -40,14 +40,31 @@ cudaError_t with_config(F&& f) {
   return hopper_device() ? f(TileConfig<T, D, true>{}) : f(TileConfig<T, D, false>{});
 }
 
+// The kernel Cfg runs on (KernelOf), its block size and its dynamic shared memory.
+template <class Cfg>
+struct Kernel {
+  static constexpr bool kWarpSpecialized = KernelOf<Cfg>::kWarpSpecialized;
+  static constexpr int kThreads = KernelOf<Cfg>::kThreads;
+  static constexpr size_t smem() {
+#if defined(POD_WGMMA_PREFILL)
+    if constexpr (kWarpSpecialized) return sm90::WarpSpecialized<Cfg>::kSmemAlloc;
+#endif
+    return Cfg::kSmemAlloc;
+  }
+  static auto function() {
+    if constexpr (kWarpSpecialized) return pod_warp_specialized_kernel<Cfg>;
+    else return pod_attention_kernel<Cfg>;
+  }
+};
+
 // The kernel's dynamic shared memory limit is a per-device attribute: raised once per device.
 template <class Cfg>
 cudaError_t raise_smem_limit() {
   static bool raised[kMaxDevices] = {};
   const int dev = current_device();
   if (dev >= 0 && raised[dev]) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(
-      pod_attention_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Cfg::kSmemAlloc));
+  const cudaError_t e = cudaFuncSetAttribute(Kernel<Cfg>::function(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             int(Kernel<Cfg>::smem()));
   if (e == cudaSuccess && dev >= 0) raised[dev] = true;
   return e;
 }
@@ -55,10 +72,10 @@ cudaError_t raise_smem_limit() {
 template <typename T, int D>
 cudaError_t launch(const PodParams& p, int num_ctas, cudaStream_t stream) {
   return with_config<T, D>([&](auto cfg) {
-    using Cfg = decltype(cfg);
-    const cudaError_t prepared = raise_smem_limit<Cfg>();
+    using K = Kernel<decltype(cfg)>;
+    const cudaError_t prepared = raise_smem_limit<decltype(cfg)>();
     if (prepared != cudaSuccess) return prepared;
-    pod_attention_kernel<Cfg><<<num_ctas, Cfg::kThreads, Cfg::kSmemAlloc, stream>>>(p);
+    K::function()<<<num_ctas, K::kThreads, K::smem(), stream>>>(p);
     return cudaGetLastError();
   });
 }
@@ -66,11 +83,10 @@ cudaError_t launch(const PodParams& p, int num_ctas, cudaStream_t stream) {
 template <typename T, int D>
 cudaError_t ctas_per_sm(int* n) {
   return with_config<T, D>([&](auto cfg) {
-    using Cfg = decltype(cfg);
-    const cudaError_t e = raise_smem_limit<Cfg>();
+    using K = Kernel<decltype(cfg)>;
+    const cudaError_t e = raise_smem_limit<decltype(cfg)>();
     if (e != cudaSuccess) return e;
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, pod_attention_kernel<Cfg>, Cfg::kThreads,
-                                                         Cfg::kSmemAlloc);
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, K::function(), K::kThreads, K::smem());
   });
 }
 

@@ -25,13 +25,9 @@ struct WarpSpecialized {
   static constexpr int kThreads = 4 * 128;
   static constexpr int kProducerRegs = 56, kConsumerRegs = 160, kDecodeRegs = 136;
   static_assert(kProducerRegs + 2 * kConsumerRegs + kDecodeRegs == 512, "the register file at 512 threads");
-#ifndef POD_WS_K_STAGES
-#define POD_WS_K_STAGES 3
-#endif
-#ifndef POD_WS_V_STAGES
-#define POD_WS_V_STAGES 3
-#endif
-  using Ring = PrefillRing<Cfg, POD_WS_K_STAGES, POD_WS_V_STAGES>;
+  // K is freed once S = Q K^T is done, V only after P V: V gets the deeper ring (a fourth K stage
+  // would not fit beside the decode region).
+  using Ring = PrefillRing<Cfg, 3, 4>;
   // Decode's region: its 16 query rows and ring (run_item's layout); the merge scratch reuses it.
   static constexpr size_t kDecodeBytes =
       sizeof(typename Cfg::T) * Cfg::D * (Cfg::kDecodeRows + Cfg::kDecodeStages * 2 * Cfg::kDecodeKeys);
@@ -89,22 +85,18 @@ __device__ __forceinline__ void run_producer(const PodParams& p, const typename 
 
 template <class WS>
 __device__ __forceinline__ void run_consumer(const PodParams& p, const typename WS::Ring& ring,
-                                             WsShared<WS>& sh, int slice) {
+                                             WsShared<WS>& sh, int role_slice) {
   using Cfg = typename WS::Cfg;
+  // Read from lane 0, the slice is warp-uniform to the compiler: the query operand's wgmma
+  // descriptors then live in uniform registers instead of being moved there before every wgmma.
+  const int slice = __shfl_sync(0xffffffff, role_slice, 0);
   const Team<256> both{int(threadIdx.x) - 128, WS::kConsumersBar};
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   RingPositions<typename WS::Ring> pos;
-  if (POD_WS_PINGPONG && slice == 1) named_barrier_arrive(kTurnBar, 256);
   for (int n = 0;; ++n) {
     ring.q_full->wait(n & 1);
-#ifndef POD_WS_NO_FENCE
-    fence_proxy_async();  // the query rows came by cp.async; wgmma reads them
-#endif
     const int index = sh.consumer_index;
-    if (index < 0) {
-      if (POD_WS_PINGPONG && slice == 0) named_barrier_sync(kTurnBar, 256);  // consumer 1's last pass
-      return;
-    }
+    if (index < 0) return;
     const WorkItem it = sh.consumer_item;
     const uint32_t start = trace_clock();
     const int used = it.n_tok * it.nh;

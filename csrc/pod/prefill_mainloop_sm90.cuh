@@ -88,26 +88,9 @@ __device__ __forceinline__ void warp_arrive(MBarrier* bar) {
   if ((threadIdx.x & 31) == 0) bar->arrive();
 }
 
-// Waits for a stage's copies; they are read by wgmma (the async proxy) next.
-__device__ __forceinline__ void wait_full(MBarrier* bar, uint32_t parity) {
-  bar->wait(parity);
-#ifndef POD_WS_NO_FENCE
-  fence_proxy_async();
-#endif
-}
-
-#ifndef POD_WS_PINGPONG
-#define POD_WS_PINGPONG 0
-#endif
-// Pingpong: the two consumers take turns issuing their wgmma, so one's softmax runs while the
-// other's products do. Turn barrier kTurnBar + c is consumer c's; consumer 1 passes the first turn.
-constexpr int kTurnBar = 5;
-__device__ __forceinline__ void take_turn(int slice) {
-  if constexpr (POD_WS_PINGPONG) named_barrier_sync(kTurnBar + slice, 256);
-}
-__device__ __forceinline__ void pass_turn(int slice) {
-  if constexpr (POD_WS_PINGPONG) named_barrier_arrive(kTurnBar + 1 - slice, 256);
-}
+// Waits for a stage's copies. Like CUTLASS's cp.async-fed GMMA mainloops, no proxy fence follows:
+// the mbarrier's completion orders the copies before the wgmma that read them.
+__device__ __forceinline__ void wait_full(MBarrier* bar, uint32_t parity) { bar->wait(parity); }
 
 // One consumer warpgroup's part of one item: m64 slice `slice` of the query rows against every K/V
 // tile, into st (its warp w holds rows 64 * slice + 16 * w). Per tile t: issue S_t = Q K_t and
@@ -153,18 +136,14 @@ __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem&
     pos.v.advance();
   };
 
-  take_turn(slice);
   issue_scores();
-  pass_turn(slice);
   cute::warpgroup_wait<0>();
   scores_done(0);
   softmax(it.kv_start);  // o is still zero: alpha is not needed
   pack_p();
   for (int t = 1; t < num_tiles; ++t) {
-    take_turn(slice);
     issue_scores();
     issue_values();
-    pass_turn(slice);
     cute::warpgroup_wait<1>();  // S_t is done; P_{t-1} V_{t-1} may still run
     scores_done(t);
     softmax(it.kv_start + t * NK);
@@ -174,9 +153,7 @@ __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem&
     if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) rescale_o<Cfg, 1>(st, 0, alpha);
     pack_p();
   }
-  take_turn(slice);
   issue_values();
-  pass_turn(slice);
   cute::warpgroup_wait<0>();
   values_done();
 }
