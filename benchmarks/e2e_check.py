@@ -52,10 +52,12 @@ SHORT_TOKENS = (16, 64)
 DECODE_TOKENS = 64  # the short requests decode through all the long prompts' chunks
 
 # POD against FLASH_ATTN may differ by this multiple of FLASH_ATTN's own together-vs-alone
-# difference, plus a floor (nats) for when that difference is ~0 (bf16 rounding of two correct
-# kernels still differs).
+# difference, plus a floor (nats) for when that difference is ~0: two correct kernels still round
+# differently. On this checkpoint, attention outputs perturbed at bf16 resolution move prompt
+# logprobs by up to ~0.02 (mean ~0.004), the planted causal shift moves those near a prompt's
+# start by ~1 (tests/test_e2e_check.py replays both on the CPU).
 TOLERANCE_MULTIPLE = 3.0
-FLOOR = dict(max=0.02, mean=0.002)
+FLOOR = dict(max=0.05, mean=0.01)
 
 FUSED_LINE = re.compile(r"POD fused batch")
 V2_RUNNER_LINE = "Using V2 Model Runner"  # vLLM 0.26 logs this when it picks model runner V2

@@ -161,6 +161,59 @@ def test_criterion_fails_on_nan_and_without_fused_batches():
     assert judge(zero, zero, fused_batches=0) == ["POD's log shows no fused hybrid batch"]
 
 
+def prompt_logprobs(checkpoint, ids, leak=0, noise=0.0, seed=0) -> list[float]:
+    """The checkpoint's prompt logprobs, float32 math on bf16-rounded activations as a GPU would
+    keep them. noise: relative perturbation of attention outputs before their bf16 rounding (how
+    two correct kernels differ); leak: every query row also sees that many later keys (the
+    planted fault)."""
+    from safetensors.torch import load_file
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    w = {k: v.float() for k, v in load_file(checkpoint / "model.safetensors").items()}
+    d, nq, nkv = config["head_dim"], config["num_attention_heads"], config["num_key_value_heads"]
+    bf16 = lambda x: x.to(torch.bfloat16).float()
+    norm = lambda x, g: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + config["rms_norm_eps"]) * g
+    pos = torch.arange(len(ids))
+    angles = pos[:, None] * config["rope_theta"] ** (-torch.arange(0, d, 2) / d)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    rope = lambda x: torch.cat([x[..., :d // 2] * cos - x[..., d // 2:] * sin,
+                                x[..., d // 2:] * cos + x[..., :d // 2] * sin], -1)
+    gen = torch.Generator().manual_seed(seed)
+    x = w["model.embed_tokens.weight"][ids]
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = bf16(norm(x, w[p + "input_layernorm.weight"]))
+        proj = lambda name, heads: bf16(h @ w[p + f"self_attn.{name}_proj.weight"].T).view(
+            len(ids), heads, d)
+        q, k, v = bf16(rope(proj("q", nq))), bf16(rope(proj("k", nkv))), proj("v", nkv)
+        k, v = (t.repeat_interleave(nq // nkv, 1) for t in (k, v))
+        scores = torch.einsum("qhd,khd->hqk", q, k) / d ** 0.5
+        scores = scores.masked_fill(pos[None, None, :] > pos[None, :, None] + leak, float("-inf"))
+        o = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+        o = bf16(o * (1 + noise * torch.randn(o.shape, generator=gen))).flatten(1)
+        x = x + bf16(o @ w[p + "self_attn.o_proj.weight"].T)
+        h = bf16(norm(x, w[p + "post_attention_layernorm.weight"]))
+        g = torch.nn.functional.silu(h @ w[p + "mlp.gate_proj.weight"].T) * (
+            h @ w[p + "mlp.up_proj.weight"].T)
+        x = x + bf16(bf16(g) @ w[p + "mlp.down_proj.weight"].T)
+    logits = norm(x, w["model.norm.weight"]) @ w["lm_head.weight"].T
+    return logits.log_softmax(-1)[:-1].gather(1, ids[1:, None])[:, 0].tolist()
+
+
+def test_criterion_tells_rounding_from_the_planted_causal_shift(checkpoint):
+    # Worst case for the floor: FLASH_ATTN's own batch variance is 0. Measured here: rounding
+    # max 0.014 / mean 0.004 nats, the shift max 1.9 / mean 0.05 over a 600-token prompt.
+    ids = torch.tensor(make_requests(bos_id=0, n_long=1, n_short=0)[0]["prompt_token_ids"][:600])
+    as_answers = lambda lp: [dict(prompt_logprobs=lp, tokens=[], logprobs=[])]
+    flash_attn = as_answers(prompt_logprobs(checkpoint, ids, noise=2 ** -9, seed=1))
+    zero = logprob_diff(flash_attn, flash_attn)
+    pod = as_answers(prompt_logprobs(checkpoint, ids, noise=2 ** -9, seed=2))
+    assert judge(logprob_diff(pod, flash_attn), zero, fused_batches=1) == []
+    planted = as_answers(prompt_logprobs(checkpoint, ids, leak=1, noise=2 ** -9, seed=2))
+    failures = judge(logprob_diff(planted, flash_attn), zero, fused_batches=1)
+    assert any("prompt logprobs: POD vs FLASH_ATTN max" in f for f in failures)
+
+
 def test_log_facts_count_fused_batches_and_name_the_model_runner():
     v2 = ("(Worker_TP0 pid=1) INFO [gpu_worker.py:378] Using V2 Model Runner\n"
           "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n"
