@@ -1,8 +1,9 @@
 """End-to-end check on a GPU that fails when POD's attention is wrong.
 
 A small Llama-shaped checkpoint with random weights (std 0.02, written here with the project's
-tokenizer) is served by vLLM twice, with FLASH_ATTN and with POD, in eager mode. Each backend
-computes teacher-forced prompt log-probabilities (vLLM's `prompt_logprobs`) of the same prompts:
+tokenizer) runs in vLLM (its offline API, eager mode, one process per backend) with FLASH_ATTN and
+with POD (VLLM_ATTENTION_BACKEND=POD). Each computes teacher-forced prompt log-probabilities
+(vLLM's `prompt_logprobs`) of the same token-id prompts:
 
 - together: long prompts prefilled in chunks (--max-num-batched-tokens 512) while short ones
   decode, so most steps are hybrid batches, which POD runs through its fused kernel;

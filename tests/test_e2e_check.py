@@ -221,3 +221,33 @@ def test_log_facts_count_fused_batches_and_name_the_model_runner():
     assert log_facts(v2) == dict(fused_batches=2, model_runner="v2")
     assert log_facts("(EngineCore pid=3) INFO Loading model\n") == dict(fused_batches=0,
                                                                         model_runner="v1")
+
+
+@pytest.mark.parametrize("pod_offset, passed", [(0.0, True), (0.5, False)])
+def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_offset, passed):
+    import sys
+
+    from benchmarks import e2e_check
+
+    def serve(backend, args, model_dir, requests_path, alone):
+        requests = json.loads(requests_path.read_text())
+        assert (model_dir / "model.safetensors").exists() and alone == (backend == "FLASH_ATTN")
+        run = lambda offset: [dict(prompt_logprobs=[-8.0 + offset] * (len(r["prompt_token_ids"]) - 1),
+                                   tokens=[5] * r["max_tokens"], logprobs=[-8.0] * r["max_tokens"])
+                              for r in requests]
+        answers = dict(together=run(pod_offset if backend == "POD" else 0.0))
+        if alone:
+            answers["alone"] = run(0.001)
+        return answers, dict(fused_batches=7 if backend == "POD" else 0, model_runner="v1")
+
+    monkeypatch.setattr(e2e_check, "serve", serve)
+    monkeypatch.setattr(sys, "argv", ["e2e_check", "--out", str(tmp_path), "--long", "2",
+                                      "--short", "3"])
+    assert e2e_check.main() == (0 if passed else 1)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["passed"] is passed and bool(summary["failures"]) is not passed
+    assert summary["pod_fused_batches"] == 7 and summary["model_runner"] == "v1"
+    fa = summary["flash_attn_together_vs_alone"]["prompt"]
+    assert fa["max"] == pytest.approx(0.001) and fa["tokens"] == summary["requests"][
+        "prompt_tokens"] - 5
+    assert summary["pod_vs_flash_attn_together"]["prompt"]["max"] == pytest.approx(pod_offset)
