@@ -279,10 +279,9 @@ def _with_speculative_decoding(config):
 
 
 def _with_dual_batch_overlap(config):
-    from vllm.config import ParallelConfig
-
-    # vLLM only allows micro-batching with an expert-parallel all2all backend.
-    config.parallel_config = ParallelConfig(enable_dbo=True, all2all_backend="deepep_low_latency")
+    # Set after the config is built: vLLM only allows micro-batching for expert-parallel MoE
+    # models (with a DeepEP-style all2all backend), which the tiny dense model is not.
+    config.parallel_config.enable_dbo = True
     return config
 
 

@@ -5,6 +5,8 @@
 - 0.26 asks a backend for its KV cache shape and stride order; 0.33 fixes the logical shape
   itself and asks for layouts (we accept any: the kernel takes strides).
 - Neither version reads `VLLM_ATTENTION_BACKEND` any more; the plugin honours `=POD` itself.
+- Newer versions pass more selector fields to `validate_configuration`; the backend forwards
+  them all to vLLM's own checks and reads the rest of the configuration from the VllmConfig.
 """
 
 from __future__ import annotations
