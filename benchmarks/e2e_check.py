@@ -31,6 +31,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from benchmarks.serving.tokenizer import save_tokenizer, train_tokenizer
@@ -45,6 +46,8 @@ MODEL_CONFIG = dict(
     rms_norm_eps=1e-5, hidden_act="silu", attention_bias=False, mlp_bias=False,
     tie_word_embeddings=False, initializer_range=0.02, torch_dtype="bfloat16")
 WEIGHT_STD = 0.02
+# Outside --out: the weights (~120 MB) are rewritten on every run and are no result.
+MODEL_DIR = Path(tempfile.gettempdir()) / "vllm-pod-e2e-model"
 
 MAX_MODEL_LEN = 4096
 CHUNK_TOKENS = 512  # --max-num-batched-tokens: long prompts take several hybrid steps
@@ -237,7 +240,7 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = write_checkpoint(out / "model")
+    model_dir = write_checkpoint(MODEL_DIR)
     config = json.loads((model_dir / "config.json").read_text())
     requests = make_requests(config["bos_token_id"], args.long, args.short)
     requests_path = out / "requests.json"

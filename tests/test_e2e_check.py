@@ -241,10 +241,11 @@ def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_off
         return answers, dict(fused_batches=7 if backend == "POD" else 0, model_runner="v1")
 
     monkeypatch.setattr(e2e_check, "serve", serve)
-    monkeypatch.setattr(sys, "argv", ["e2e_check", "--out", str(tmp_path), "--long", "2",
+    monkeypatch.setattr(e2e_check, "MODEL_DIR", tmp_path / "model")
+    monkeypatch.setattr(sys, "argv", ["e2e_check", "--out", str(tmp_path / "out"), "--long", "2",
                                       "--short", "3"])
     assert e2e_check.main() == (0 if passed else 1)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["passed"] is passed and bool(summary["failures"]) is not passed
     assert summary["pod_fused_batches"] == 7 and summary["model_runner"] == "v1"
     fa = summary["flash_attn_together_vs_alone"]["prompt"]
