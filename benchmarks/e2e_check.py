@@ -1,170 +1,272 @@
-"""End-to-end check on a GPU: serve a Llama-3-8B-shaped model (dummy weights, local tokenizer) with
-each backend, send the same greedy requests with hybrid steps (long prompts prefilled in chunks
-while short ones decode), and compare POD's completions and logprobs with FLASH_ATTN's.
+"""End-to-end check on a GPU that fails when POD's attention is wrong.
 
-    python -m benchmarks.e2e_check --out /tmp/e2e [--enforce-eager] [--tensor-parallel-size 2]
-                                   [--random-weights --layers 4] [--backends FLASH_ATTN]
+A small Llama-shaped checkpoint with random weights (std 0.02, written here with the project's
+tokenizer) runs in vLLM (its offline API, eager mode, one process per backend) with FLASH_ATTN and
+with POD (VLLM_ATTENTION_BACKEND=POD). Each computes teacher-forced prompt log-probabilities
+(vLLM's `prompt_logprobs`) of the same token-id prompts:
 
-With --random-weights the model gets normally initialised weights (benchmarks/serving/weights.py)
-instead of vLLM's near-zero dummy ones, so that logits, and the comparison, depend on attention.
+- together: long prompts prefilled in chunks (--max-num-batched-tokens 512) while short ones
+  decode, so most steps are hybrid batches, which POD runs through its fused kernel;
+- alone (FLASH_ATTN only): one prompt at a time, so no step is hybrid.
 
-Exits non-zero when a request fails, when POD's server log shows no fused hybrid batch, or when
-prompt logprobs differ beyond bf16 tolerance. Token mismatches after a near-tie are reported.
+FLASH_ATTN's own together-vs-alone difference (max and mean absolute logprob difference over all
+prompt tokens, and over the short requests' generated tokens up to where the two runs' tokens
+first differ) is the yardstick: it is what batch composition alone changes. POD together against
+FLASH_ATTN together must stay within TOLERANCE_MULTIPLE times it plus a small floor, and POD's log
+must show fused hybrid batches. Prints PASS or FAIL with the numbers and writes summary.json.
+
+    python -m benchmarks.e2e_check --out /tmp/e2e [--model-runner v1] [--tensor-parallel-size 2]
+
+A build with POD_NVCC_FLAGS=-DPOD_PLANT_CAUSAL_SHIFT=1 lets each query row see the next key too
+(csrc/pod/attention_tile.cuh); the check must FAIL on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
+import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+import tempfile
 from pathlib import Path
 
-from benchmarks.serving.commands import DEFAULT_VLLM_CLI, ServerSpec, serve_command, serve_env
-from benchmarks.serving.model_dir import make_model_dir
-from benchmarks.serving.server import ServerProcess
-from benchmarks.serving.weights import write_random_weights
+from benchmarks.serving.tokenizer import save_tokenizer, train_tokenizer
 
-WORDS = ("attention prefill decode kernel tensor memory bandwidth warp block cache token chunk "
-         "scheduler graph stream head query key value softmax merge split tile").split()
+# The checkpoint: Llama shapes POD supports (head dim 128, GQA 8 query / 2 KV heads), few layers.
+VOCAB_SIZE = 4096
+NUM_SPECIAL_TOKENS = 2  # BOS and EOS, the tokenizer's first ids
+MODEL_CONFIG = dict(
+    architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024,
+    intermediate_size=2816, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+    head_dim=128, vocab_size=VOCAB_SIZE, max_position_embeddings=8192, rope_theta=500000.0,
+    rms_norm_eps=1e-5, hidden_act="silu", attention_bias=False, mlp_bias=False,
+    tie_word_embeddings=False, initializer_range=0.02, torch_dtype="bfloat16")
+WEIGHT_STD = 0.02
+# Outside --out: the weights (~120 MB) are rewritten on every run and are no result.
+MODEL_DIR = Path(tempfile.gettempdir()) / "vllm-pod-e2e-model"
+
+MAX_MODEL_LEN = 4096
+CHUNK_TOKENS = 512  # --max-num-batched-tokens: long prompts take several hybrid steps
+LONG_TOKENS = (1500, 3000)
+SHORT_TOKENS = (16, 64)
+DECODE_TOKENS = 64  # the short requests decode through all the long prompts' chunks
+
+# POD against FLASH_ATTN may differ by this multiple of FLASH_ATTN's own together-vs-alone
+# difference, plus a floor (nats) for when that difference is ~0: two correct kernels still round
+# differently. On this checkpoint, attention outputs perturbed at bf16 resolution move prompt
+# logprobs by up to ~0.02 (mean ~0.004), the planted causal shift moves those near a prompt's
+# start by ~1 (tests/test_e2e_check.py replays both on the CPU).
+TOLERANCE_MULTIPLE = 3.0
+FLOOR = dict(max=0.05, mean=0.01)
+
 FUSED_LINE = re.compile(r"POD fused batch")
 V2_RUNNER_LINE = "Using V2 Model Runner"  # vLLM 0.26 logs this when it picks model runner V2
-# Long prompts are 1500-3000 words; with the local tokenizer that can pass 4096 tokens (4065 seen).
-MAX_MODEL_LEN = 8192
-PROMPT_LOGPROB_TOL = 0.1  # nats; bf16 attention differences through 32 random layers
 
 
-def prompts(n_long: int, n_short: int, seed: int = 0) -> list[str]:
+def write_checkpoint(model_dir: Path, seed: int = 0) -> Path:
+    """config.json, tokenizer files and model.safetensors (bf16, normal(0, WEIGHT_STD) matrices,
+    unit norm weights) under the names vLLM's Llama loader reads."""
+    import torch
+    from safetensors.torch import save_file
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    special_ids = save_tokenizer(train_tokenizer(vocab_size=VOCAB_SIZE), model_dir,
+                                 model_max_length=MAX_MODEL_LEN)
+    config = MODEL_CONFIG | special_ids
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    gen = torch.Generator().manual_seed(seed)
+    normal = lambda *shape: (torch.randn(shape, generator=gen) * WEIGHT_STD).to(torch.bfloat16)
+    ones = lambda n: torch.ones(n, dtype=torch.bfloat16)
+    h, ffn, d = config["hidden_size"], config["intermediate_size"], config["head_dim"]
+    q_dim, kv_dim = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
+    tensors = {"model.embed_tokens.weight": normal(VOCAB_SIZE, h),
+               "model.norm.weight": ones(h), "lm_head.weight": normal(VOCAB_SIZE, h)}
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        tensors |= {p + "input_layernorm.weight": ones(h),
+                    p + "post_attention_layernorm.weight": ones(h),
+                    p + "self_attn.q_proj.weight": normal(q_dim, h),
+                    p + "self_attn.k_proj.weight": normal(kv_dim, h),
+                    p + "self_attn.v_proj.weight": normal(kv_dim, h),
+                    p + "self_attn.o_proj.weight": normal(h, q_dim),
+                    p + "mlp.gate_proj.weight": normal(ffn, h),
+                    p + "mlp.up_proj.weight": normal(ffn, h),
+                    p + "mlp.down_proj.weight": normal(h, ffn)}
+    save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    return model_dir
+
+
+def make_requests(bos_id: int, n_long: int, n_short: int, seed: int = 0) -> list[dict]:
+    """Token-id prompts (BOS first, then ids of the tokenizer's ordinary tokens) and how many
+    tokens each generates: short ones first, so that they decode while the long ones are
+    prefilled in chunks behind them; the long ones only need their prompt logprobs."""
     rng = random.Random(seed)
-    text = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))
-    # Short ones first: they are decoding by the time the long ones are prefilled in chunks.
-    return [text(rng.randint(8, 40)) for _ in range(n_short)] + \
-           [text(rng.randint(1500, 3000)) for _ in range(n_long)]
+    ordinary = range(NUM_SPECIAL_TOKENS, VOCAB_SIZE)
+    request = lambda lengths, max_tokens: dict(
+        prompt_token_ids=[bos_id] + [rng.choice(ordinary) for _ in range(rng.randint(*lengths))],
+        max_tokens=max_tokens)
+    return [request(SHORT_TOKENS, DECODE_TOKENS) for _ in range(n_short)] + \
+           [request(LONG_TOKENS, 1) for _ in range(n_long)]
 
 
-def complete(base_url: str, model: str, prompt: str, max_tokens: int, timeout_s: float) -> dict:
-    body = dict(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, logprobs=1,
-                prompt_logprobs=1, seed=0)
-    req = urllib.request.Request(f"{base_url}/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            choice = json.load(resp)["choices"][0]
-    except urllib.error.HTTPError as e:  # the server's reason (e.g. a prompt over max_model_len)
-        raise RuntimeError(f"request refused ({e.code}): {e.read().decode(errors='replace')[:500]}") from e
-    # Per prompt position: {token id: logprob} (the prompt token and the top-1 token).
-    prompt_lp = [{tok: v["logprob"] for tok, v in d.items()} if d else {}
-                 for d in (choice.get("prompt_logprobs") or [])]
-    return dict(text=choice["text"], tokens=choice["logprobs"]["tokens"],
-                token_logprobs=choice["logprobs"]["token_logprobs"], prompt_logprobs=prompt_lp)
+# -- on the GPU: one process per backend ------------------------------------------------------
+
+def run_backend(args) -> None:
+    """Serves the checkpoint with one backend and writes its answers (--result)."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    requests = json.loads(Path(args.requests).read_text())
+    llm = LLM(model=args.model, dtype="bfloat16", seed=0, enforce_eager=True,
+              max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=CHUNK_TOKENS, max_num_seqs=64,
+              enable_chunked_prefill=True, enable_prefix_caching=False,
+              tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=0.5,
+              # POD is selected the way users select it, by VLLM_ATTENTION_BACKEND=POD.
+              attention_config=None if args.backend == "POD" else {"backend": args.backend})
+    prompts = [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests]
+    params = [SamplingParams(temperature=0.0, prompt_logprobs=0, logprobs=0, ignore_eos=True,
+                             max_tokens=r["max_tokens"]) for r in requests]
+
+    def answer(output) -> dict:
+        generated = output.outputs[0]
+        return dict(prompt_logprobs=[lp[t].logprob for t, lp in zip(
+                        output.prompt_token_ids[1:], output.prompt_logprobs[1:], strict=True)],
+                    tokens=list(generated.token_ids),
+                    logprobs=[lp[t].logprob for t, lp in zip(generated.token_ids,
+                                                             generated.logprobs, strict=True)])
+
+    result = dict(together=[answer(o) for o in llm.generate(prompts, params, use_tqdm=False)])
+    if args.alone:
+        result["alone"] = [answer(llm.generate([p], [s], use_tqdm=False)[0])
+                           for p, s in zip(prompts, params)]
+    Path(args.result).write_text(json.dumps(result))
+
+
+# -- on the host: the comparison ---------------------------------------------------------------
+
+def logprob_diff(a: list[dict], b: list[dict]) -> dict:
+    """Max and mean |a - b| over every prompt token's logprob of every request, and over the
+    generated tokens' logprobs up to and including the first position where the two runs'
+    tokens differ (after it they condition on different text). NaN stays NaN."""
+    prompt, decode = [], []
+    for x, y in zip(a, b, strict=True):
+        prompt += [abs(p - q) for p, q in zip(x["prompt_logprobs"], y["prompt_logprobs"],
+                                               strict=True)]
+        same = next((i for i, (s, t) in enumerate(zip(x["tokens"], y["tokens"])) if s != t),
+                    len(x["tokens"]) - 1)
+        decode += [abs(p - q) for p, q in zip(x["logprobs"][:same + 1], y["logprobs"][:same + 1])]
+    stats = lambda d: dict(max=_nan_max(d), mean=sum(d) / len(d) if d else 0.0, tokens=len(d))
+    return dict(prompt=stats(prompt), decode=stats(decode))
+
+
+def _nan_max(values: list[float]) -> float:
+    return math.nan if any(math.isnan(v) for v in values) else max(values, default=0.0)
+
+
+def judge(pod_vs_fa: dict, fa_vs_fa: dict, fused_batches: int) -> list[str]:
+    """Why the check fails (empty: it passes)."""
+    failures = []
+    for tokens in ("prompt", "decode"):
+        for stat in ("max", "mean"):
+            limit = TOLERANCE_MULTIPLE * fa_vs_fa[tokens][stat] + FLOOR[stat]
+            got = pod_vs_fa[tokens][stat]
+            if not got <= limit:  # NaN fails too
+                failures.append(f"{tokens} logprobs: POD vs FLASH_ATTN {stat} |diff| {got:.5f} > "
+                                f"{limit:.5f} ({TOLERANCE_MULTIPLE:g} x FLASH_ATTN's own "
+                                f"{fa_vs_fa[tokens][stat]:.5f} + {FLOOR[stat]:g})")
+    if fused_batches == 0:
+        failures.append("POD's log shows no fused hybrid batch")
+    return failures
 
 
 def log_facts(log_text: str) -> dict:
-    """What a server log proves: fused hybrid batches (counted over all tensor-parallel ranks, each
+    """What a vLLM log proves: fused hybrid batches (counted over all tensor-parallel ranks, each
     logs its own) and the model runner vLLM picked."""
     return dict(fused_batches=len(FUSED_LINE.findall(log_text)),
                 model_runner="v2" if V2_RUNNER_LINE in log_text else "v1")
 
 
-def serve_and_ask(backend: str, args, model_dir: Path, batch: list[str]) -> tuple[list[dict], dict]:
-    extra = ["--seed", "0", "--tensor-parallel-size", str(args.tensor_parallel_size)]
-    if args.enforce_eager:
-        extra.append("--enforce-eager")
-    extra += args.server_arg
-    if args.random_weights:
-        extra += ["--load-format", "safetensors"]  # the later flag wins over the harness's dummy
-    spec = ServerSpec(backend=backend, model="llama-3-8b", model_dir=model_dir,
-                      chunk_size=args.chunk_size, max_model_len=MAX_MODEL_LEN, max_num_seqs=64,
-                      extra_args=tuple(extra))
-    env = serve_env(dict(os.environ), backend) | {"VLLM_LOGGING_LEVEL": "DEBUG"}
+def serve(backend: str, args, model_dir: Path, requests_path: Path, alone: bool) -> tuple[dict, dict]:
+    out = Path(args.out)
+    result, log = out / f"answers_{backend}.json", out / f"vllm_{backend}.log"
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="DEBUG")  # POD logs each fused batch at DEBUG
+    env.pop("VLLM_ATTENTION_BACKEND", None)
+    if backend == "POD":
+        env["VLLM_ATTENTION_BACKEND"] = "POD"
     if args.model_runner != "auto":
         env["VLLM_USE_V2_MODEL_RUNNER"] = "1" if args.model_runner == "v2" else "0"
-    log = Path(args.out) / f"server_{backend}.log"
-    server = ServerProcess(serve_command(args.vllm_cli, spec), env, log, spec.base_url)
-    start = time.monotonic()
-    with server:
-        server.wait_ready(timeout_s=args.ready_timeout)
-        print(f"{backend}: server ready after {time.monotonic() - start:.0f} s", flush=True)
-        with ThreadPoolExecutor(len(batch)) as pool:
-            results = list(pool.map(lambda p: complete(spec.base_url, str(model_dir), p, args.max_tokens,
-                                                       args.request_timeout), batch))
-    return results, log_facts(log.read_text(errors="replace"))
-
-
-def compare(pod: list[dict], ref: list[dict]) -> dict:
-    same = sum(p["tokens"] == r["tokens"] for p, r in zip(pod, ref))
-    lp_diff, prompt_diff, first_div = 0.0, 0.0, []
-    for p, r in zip(pod, ref):
-        n = next((i for i, (a, b) in enumerate(zip(p["tokens"], r["tokens"])) if a != b), len(p["tokens"]))
-        first_div.append(n)
-        # Logprobs are comparable up to and including the first differing position.
-        for a, b in list(zip(p["token_logprobs"], r["token_logprobs"]))[:n + 1]:
-            lp_diff = max(lp_diff, abs(a - b))
-        for a, b in zip(p["prompt_logprobs"], r["prompt_logprobs"]):
-            for tok in a.keys() & b.keys():
-                prompt_diff = max(prompt_diff, abs(a[tok] - b[tok]))
-    return dict(requests=len(pod), identical_completions=same, first_divergence=first_div,
-                max_token_logprob_diff=lp_diff, max_prompt_logprob_diff=prompt_diff)
+    cmd = [sys.executable, "-m", "benchmarks.e2e_check", "--backend", backend, "--model",
+           str(model_dir), "--requests", str(requests_path), "--result", str(result),
+           "--tensor-parallel-size", str(args.tensor_parallel_size), "--out", str(out)]
+    with log.open("w") as f:
+        rc = subprocess.run(cmd + (["--alone"] if alone else []), env=env, stdout=f,
+                            stderr=subprocess.STDOUT, timeout=args.timeout).returncode
+    if rc != 0:
+        tail = log.read_text(errors="replace").splitlines()[-30:]
+        raise SystemExit(f"{backend} run failed (exit {rc}); end of {log}:\n" + "\n".join(tail))
+    facts = log_facts(log.read_text(errors="replace"))
+    print(f"{backend}: answered; {facts['fused_batches']} fused hybrid batches logged, model "
+          f"runner {facts['model_runner']}", flush=True)
+    return json.loads(result.read_text()), facts
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--vllm-cli", default=DEFAULT_VLLM_CLI)
-    ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
-    ap.add_argument("--chunk-size", type=int, default=1024)
-    ap.add_argument("--long", type=int, default=12)
-    ap.add_argument("--short", type=int, default=12)
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--ready-timeout", type=float, default=480)
-    ap.add_argument("--request-timeout", type=float, default=240, help="seconds per completion request")
-    ap.add_argument("--backends", default="POD,FLASH_ATTN",
-                    help="comma-separated; a single backend serves and answers without a comparison "
-                         "(to tell a POD problem from an environment one)")
-    ap.add_argument("--random-weights", action="store_true",
-                    help="normally initialised weights instead of vLLM's near-zero dummy ones")
-    ap.add_argument("--layers", type=int, help="cut the model to this many layers")
     ap.add_argument("--model-runner", choices=("auto", "v1", "v2"), default="auto",
-                    help="force vLLM's model runner (VLLM_USE_V2_MODEL_RUNNER); auto: vLLM's choice "
-                         "(V2 for dense models on vLLM 0.26)")
-    ap.add_argument("--server-arg", action="append", default=[],
-                    help="one more `vllm serve` argument (repeatable; e.g. --server-arg=--disable-custom-all-reduce)")
+                    help="force vLLM's model runner (VLLM_USE_V2_MODEL_RUNNER); auto: vLLM's "
+                         "choice (V2 for dense models on vLLM 0.26)")
+    ap.add_argument("--long", type=int, default=6, help="long prompts")
+    ap.add_argument("--short", type=int, default=8, help="short prompts")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per backend's run")
+    # One backend's run, in its own process (started by the check itself).
+    ap.add_argument("--backend", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--requests", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--alone", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    model_dir = make_model_dir("llama-3-8b", Path(args.out) / "models")
-    if args.random_weights:
-        write_random_weights(model_dir, num_layers=args.layers)
-    elif args.layers is not None:
-        ap.error("--layers needs --random-weights")
-    batch = prompts(args.long, args.short)
-    backends = args.backends.split(",")
-    results, facts = {}, {}
-    for backend in backends:
-        results[backend], facts[backend] = serve_and_ask(backend, args, model_dir, batch)
-        print(f"{backend}: {len(results[backend])} answers, {facts[backend]['fused_batches']} fused hybrid "
-              f"batches logged, model runner {facts[backend]['model_runner']}", flush=True)
-    fused = {backend: f["fused_batches"] for backend, f in facts.items()}
-    if sorted(backends) != ["FLASH_ATTN", "POD"]:
-        ok = fused.get("POD", 1) > 0
-        print(f"served {', '.join(backends)}: every request answered, no comparison;",
-              "E2E PASSED" if ok else "E2E FAILED (no fused hybrid batch in POD's log)")
-        return 0 if ok else 1
-    summary = compare(results["POD"], results["FLASH_ATTN"]) | dict(
-        pod_fused_batches=fused["POD"], model_runner=facts["POD"]["model_runner"],
-        tensor_parallel_size=args.tensor_parallel_size)
-    (Path(args.out) / "e2e_summary.json").write_text(json.dumps(summary, indent=2))
-    (Path(args.out) / "e2e_results.json").write_text(json.dumps(results))
-    print(json.dumps(summary, indent=1))
-    ok = fused["POD"] > 0 and summary["max_prompt_logprob_diff"] < PROMPT_LOGPROB_TOL
-    print("E2E", "PASSED" if ok else "FAILED")
-    return 0 if ok else 1
+    if args.backend:
+        run_backend(args)
+        return 0
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = write_checkpoint(MODEL_DIR)
+    config = json.loads((model_dir / "config.json").read_text())
+    requests = make_requests(config["bos_token_id"], args.long, args.short)
+    requests_path = out / "requests.json"
+    requests_path.write_text(json.dumps(requests))
+
+    fa, _ = serve("FLASH_ATTN", args, model_dir, requests_path, alone=True)
+    pod, pod_facts = serve("POD", args, model_dir, requests_path, alone=False)
+    fa_vs_fa = logprob_diff(fa["together"], fa["alone"])
+    pod_vs_fa = logprob_diff(pod["together"], fa["together"])
+    failures = judge(pod_vs_fa, fa_vs_fa, pod_facts["fused_batches"])
+    summary = dict(
+        passed=not failures, failures=failures,
+        pod_vs_flash_attn_together=pod_vs_fa, flash_attn_together_vs_alone=fa_vs_fa,
+        pod_together_vs_flash_attn_alone=logprob_diff(pod["together"], fa["alone"]),
+        tolerance=dict(multiple=TOLERANCE_MULTIPLE, floor=FLOOR),
+        pod_fused_batches=pod_facts["fused_batches"], model_runner=pod_facts["model_runner"],
+        tensor_parallel_size=args.tensor_parallel_size,
+        requests=dict(long=args.long, short=args.short,
+                      prompt_tokens=sum(len(r["prompt_token_ids"]) for r in requests)),
+        chunk_tokens=CHUNK_TOKENS, model=MODEL_CONFIG | dict(weight_std=WEIGHT_STD))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: summary[k] for k in ("pod_vs_flash_attn_together",
+                                              "flash_attn_together_vs_alone",
+                                              "pod_fused_batches", "model_runner")}, indent=1))
+    print("E2E", "PASS" if not failures else "FAIL: " + "; ".join(failures))
+    return 0 if not failures else 1
 
 
 if __name__ == "__main__":

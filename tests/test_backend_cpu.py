@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -156,8 +159,14 @@ class _SelectingPlatform:
         return selected_backend.get_path()
 
 
+@pytest.fixture
+def extension_loads(monkeypatch):
+    """The compiled extension is absent on a CPU checkout; selection only asks whether it loads."""
+    monkeypatch.setattr(pod_backend, "extension_load_error", lambda: None)
+
+
 @pytest.mark.parametrize("via", ["env", "explicit"])
-def test_selector_resolves_to_pod(monkeypatch, model_dir, via):
+def test_selector_resolves_to_pod(monkeypatch, model_dir, extension_loads, via):
     import vllm.platforms
     from vllm.v1.attention import selector
 
@@ -190,6 +199,7 @@ def _validate(**overrides) -> list[str]:
     return PodAttentionBackend.validate_configuration(**kwargs)
 
 
+@pytest.mark.usefixtures("extension_loads")
 @pytest.mark.parametrize("overrides", [
     {}, {"dtype": torch.float16}, {"head_size": 64}, {"head_size": 256}, {"block_size": 32},
     {"block_size": 64}, {"block_size": None}, {"kv_cache_dtype": "bfloat16"},
@@ -215,27 +225,102 @@ def test_validate_accepts_supported(overrides):
     ({"attn_type": "encoder_only"}, "attention type encoder_only not supported"),
     ({"attn_type": "encoder_decoder"}, "attention type encoder_decoder not supported"),
     ({"attn_type": "encoder"}, "attention type encoder not supported"),
-    ({"device_capability": DeviceCapability(7, 5)}, "compute capability not supported"),
-    ({"device_capability": DeviceCapability(10, 0)}, "compute capability not supported"),
 ])
 def test_validate_refuses_with_reason(overrides, reason):
     assert reason in _validate(**overrides)
 
 
-@pytest.mark.parametrize("kwargs, reason", [
-    ({"alibi_slopes": [0.5] * 8}, "ALiBi"),
-    ({"sliding_window": 4096}, "sliding window"),
-    ({"logits_soft_cap": 30.0}, "logits soft cap"),
-    ({"sinks": torch.zeros(8)}, "attention sinks"),
-    ({"attn_type": "encoder_decoder"}, "attention type"),
-    ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype fp8"),
-])
-def test_impl_refuses_with_reason(kwargs, reason):
-    args = dict(num_heads=8, head_size=128, scale=0.1, num_kv_heads=2, alibi_slopes=None,
-                sliding_window=None, kv_cache_dtype="auto")
-    args.update(kwargs)
-    with pytest.raises(NotImplementedError, match=reason):
-        PodAttentionImpl(**args)
+def select(config):
+    """vLLM's selector (through the explicit-backend branch of its CUDA platform) in `config`."""
+    import vllm.platforms
+    from vllm.v1.attention import selector
+
+    selector._cached_get_attn_backend.cache_clear()
+    try:
+        with (set_current_vllm_config(config),
+              mock.patch.object(vllm.platforms, "_current_platform", _SelectingPlatform())):
+            return selector.get_attn_backend(HEAD_DIM, torch.bfloat16, "auto")
+    finally:
+        selector._cached_get_attn_backend.cache_clear()
+
+
+@pytest.mark.usefixtures("extension_loads")
+@pytest.mark.parametrize("capability", [DeviceCapability(7, 5), DeviceCapability(10, 0),
+                                        DeviceCapability(12, 0)])
+def test_unsupported_gpu_named_with_what_pod_supports(capability):
+    reasons = _validate(device_capability=capability)
+    assert reasons == [f"POD attention runs on compute capability 8.x (A100) and 9.0 (H100/H200), "
+                       f"not {capability.major}.{capability.minor}"]
+
+
+def test_selection_refuses_without_the_extension(monkeypatch, model_dir):
+    from vllm_pod import ops
+
+    # What a source install without nvcc leaves: no vllm_pod._C to import.
+    monkeypatch.setitem(sys.modules, "vllm_pod._C", None)
+    ops._load_extension.cache_clear()
+    try:
+        with pytest.raises(ValueError) as refused:
+            select(make_config(model_dir, backend="CUSTOM"))
+    finally:
+        ops._load_extension.cache_clear()
+    message = str(refused.value)
+    assert "vllm_pod._C does not load (ModuleNotFoundError" in message
+    assert "`CUDA_HOME=/usr/local/cuda pip install --no-build-isolation -e .`" in message
+
+
+def _with_speculative_decoding(config):
+    from vllm.config import ParallelConfig, SpeculativeConfig
+
+    config.speculative_config = SpeculativeConfig(
+        method="ngram", num_speculative_tokens=2, prompt_lookup_min=1, prompt_lookup_max=3,
+        target_model_config=config.model_config, target_parallel_config=ParallelConfig())
+    return config
+
+
+def _with_dual_batch_overlap(config):
+    # Set after the config is built: vLLM only allows micro-batching for expert-parallel MoE
+    # models (with a DeepEP-style all2all backend), which the tiny dense model is not.
+    config.parallel_config.enable_dbo = True
+    return config
+
+
+def _chunked_local(model_dir):
+    """The same model with Llama 4's chunked local attention."""
+    config = json.loads(open(f"{model_dir}/config.json").read())
+    path = Path(model_dir).parent / "tiny-llama-chunked-local"
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config | {"attention_chunk_size": 1024}))
+    return make_config(str(path), backend="CUSTOM")
+
+
+@pytest.mark.usefixtures("extension_loads")
+@pytest.mark.parametrize("config_with, reason", [
+    (lambda d: _with_speculative_decoding(make_config(d, backend="CUSTOM")),
+     "POD attention does not support speculative decoding"),
+    (lambda d: _with_dual_batch_overlap(make_config(d, backend="CUSTOM")),
+     "POD attention does not support dual-batch overlap or micro-batching"),
+    (_chunked_local,
+     "POD attention does not support chunked local attention (attention_chunk_size=1024"),
+], ids=["speculative-decoding", "dual-batch-overlap", "chunked-local-attention"])
+def test_selection_refuses_unsupported_features(model_dir, config_with, reason):
+    assert select(make_config(model_dir, backend="CUSTOM")) is PodAttentionBackend
+    with pytest.raises(ValueError, match=r"Selected backend .* is not valid") as refused:
+        select(config_with(model_dir))
+    assert reason in str(refused.value)
+
+
+def test_selection_logs_that_pod_serves(monkeypatch, model_dir, extension_loads):
+    lines = []
+    monkeypatch.setattr(pod_backend.logger, "info_once",
+                        lambda msg, *args, **kw: lines.append(msg % args))
+    select(make_config(model_dir, backend="CUSTOM"))
+    assert lines == ["Using POD attention (vllm-pod): hybrid prefill+decode batches run its "
+                     "fused kernel, the others FLASH_ATTN's kernels"]
+    lines.clear()
+    with pytest.raises(ValueError):
+        select(_with_speculative_decoding(make_config(model_dir, backend="CUSTOM")))
+    assert lines == []  # a refused selection does not claim POD
 
 
 # -- metadata builder --------------------------------------------------------------------------

@@ -1,65 +1,254 @@
-"""The end-to-end check's own logic on the CPU: random weights that vLLM can load, and the
-comparison of two backends' answers."""
+"""The end-to-end check's own logic on the CPU: the checkpoint it writes, the requests it sends,
+and the criterion that decides PASS or FAIL."""
 
 import json
+import math
+import random
 
+import pytest
 import torch
 
-from benchmarks.e2e_check import compare
-from benchmarks.serving.weights import write_random_weights
+from benchmarks.e2e_check import (
+    FLOOR,
+    MAX_MODEL_LEN,
+    MODEL_CONFIG,
+    TOLERANCE_MULTIPLE,
+    VOCAB_SIZE,
+    judge,
+    log_facts,
+    logprob_diff,
+    make_requests,
+    write_checkpoint,
+)
 
 
-def answer(tokens, logprobs, prompt):
-    return dict(text="".join(tokens), tokens=tokens, token_logprobs=logprobs, prompt_logprobs=prompt)
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("e2e-model"))
 
 
-def test_compare_counts_identical_answers_and_diffs_up_to_divergence():
-    ref = [answer(["a", "b", "c"], [-1.0, -2.0, -3.0], [{}, {"5": -1.0, "7": -0.5}]),
-           answer(["x", "y"], [-0.1, -0.2], [{}, {"1": -2.0}])]
-    pod = [answer(["a", "b", "c"], [-1.0, -2.01, -3.0], [{}, {"5": -1.02, "7": -0.5}]),
-           answer(["x", "z"], [-0.1, -0.25], [{}, {"1": -2.0, "9": -9.0}])]
-    s = compare(pod, ref)
-    assert s["requests"] == 2 and s["identical_completions"] == 1
-    assert s["first_divergence"] == [3, 1]
-    assert abs(s["max_token_logprob_diff"] - 0.05) < 1e-9   # at the divergence itself, not after
-    assert abs(s["max_prompt_logprob_diff"] - 0.02) < 1e-9  # only token ids both report
-
-
-def test_random_weights_are_normal_and_named_as_transformers_saves_them(tmp_path):
+def test_checkpoint_has_llama_shapes_and_random_weights(checkpoint):
     from safetensors.torch import load_file
-    config = json.loads(open("configs/models/llama-3-8b.json").read())
-    config.update(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=512)
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    write_random_weights(tmp_path, num_layers=2)
-    assert json.loads((tmp_path / "config.json").read_text())["num_hidden_layers"] == 2
-    weights = {}
-    for f in tmp_path.glob("*.safetensors"):
-        weights.update(load_file(f))
-    assert "model.layers.1.self_attn.k_proj.weight" in weights and "lm_head.weight" in weights
-    q = weights["model.layers.0.self_attn.q_proj.weight"]
-    assert q.dtype == torch.bfloat16 and q.shape == (64, 64)
-    assert 0.015 < float(q.float().std()) < 0.025  # initializer_range 0.02, not vLLM's 1e-3 dummy
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    h, d = config["hidden_size"], config["head_dim"]
+    q_heads, kv_heads, layers = (config["num_attention_heads"], config["num_key_value_heads"],
+                                 config["num_hidden_layers"])
+    assert d == 128 and q_heads % kv_heads == 0 and q_heads > kv_heads and layers >= 2
+    weights = load_file(checkpoint / "model.safetensors")
+    expected = {"model.embed_tokens.weight": (VOCAB_SIZE, h), "model.norm.weight": (h,),
+                "lm_head.weight": (VOCAB_SIZE, h)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        expected |= {p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                     p + "self_attn.q_proj.weight": (q_heads * d, h),
+                     p + "self_attn.k_proj.weight": (kv_heads * d, h),
+                     p + "self_attn.v_proj.weight": (kv_heads * d, h),
+                     p + "self_attn.o_proj.weight": (h, q_heads * d),
+                     p + "mlp.gate_proj.weight": (config["intermediate_size"], h),
+                     p + "mlp.up_proj.weight": (config["intermediate_size"], h),
+                     p + "mlp.down_proj.weight": (h, config["intermediate_size"])}
+    assert {k: tuple(v.shape) for k, v in weights.items()} == expected
+    assert all(v.dtype == torch.bfloat16 for v in weights.values())
+    for name, w in weights.items():
+        if "norm" in name:
+            assert torch.equal(w, torch.ones_like(w))
+        else:  # not vLLM's U(-1e-3, 1e-3) dummy weights, under which every logit is ~0
+            assert 0.019 < float(w.float().std()) < 0.021 and abs(float(w.float().mean())) < 1e-3
+    q0, q1 = (weights[f"model.layers.{i}.self_attn.q_proj.weight"] for i in (0, 1))
+    assert not torch.equal(q0, q1)
 
 
-def test_prompts_fit_the_servers_context(tmp_path):
-    # vLLM refuses a prompt longer than max_model_len (HTTP 400). The tokenizer is trained on the
-    # machine's own Python sources, so counts vary: the same prompts were 4065 tokens on the GPU
-    # machine and 3965 here. Hence a 25% margin.
-    from transformers import AutoTokenizer
+def test_checkpoint_tokenizer_and_config_agree(checkpoint):
+    from transformers import AutoConfig, AutoTokenizer
 
-    from benchmarks.e2e_check import MAX_MODEL_LEN, prompts
-    from benchmarks.serving.model_dir import make_model_dir
-    tok = AutoTokenizer.from_pretrained(make_model_dir("llama-3-8b", tmp_path))
-    for n_long, n_short in ((12, 12), (6, 6)):
-        longest = max(len(tok(p)["input_ids"]) for p in prompts(n_long, n_short))
-        assert 1.25 * longest + 32 <= MAX_MODEL_LEN
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint)
+    assert len(tokenizer) == config.vocab_size == VOCAB_SIZE
+    assert (config.bos_token_id, config.eos_token_id) == (tokenizer.bos_token_id,
+                                                          tokenizer.eos_token_id) == (0, 1)
+    assert {k: getattr(config, k) for k in ("hidden_size", "num_attention_heads",
+                                             "num_key_value_heads", "head_dim")} == {
+        k: MODEL_CONFIG[k] for k in ("hidden_size", "num_attention_heads",
+                                      "num_key_value_heads", "head_dim")}
+    assert config.max_position_embeddings >= MAX_MODEL_LEN
+
+
+def test_requests_make_hybrid_steps_and_fit_the_context():
+    requests = make_requests(bos_id=0, n_long=6, n_short=8)
+    short, long = requests[:8], requests[8:]
+    assert all(r["max_tokens"] == 64 for r in short) and all(r["max_tokens"] == 1 for r in long)
+    # The short ones decode through all the long ones' chunks (512 tokens a step).
+    assert sum(len(r["prompt_token_ids"]) for r in requests) / 512 < 64
+    assert all(1500 < len(r["prompt_token_ids"]) <= 3001 for r in long)
+    assert all(len(r["prompt_token_ids"]) + r["max_tokens"] <= MAX_MODEL_LEN for r in requests)
+    ids = {t for r in requests for t in r["prompt_token_ids"][1:]}
+    assert all(r["prompt_token_ids"][0] == 0 for r in requests)
+    assert min(ids) >= 2 and max(ids) < VOCAB_SIZE  # ordinary tokens only, no BOS/EOS inside
+    assert make_requests(0, 6, 8) == requests  # the same prompts for every backend and run
+
+
+def answers(n_requests=5, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_requests):
+        tokens = [rng.randrange(100) for _ in range(rng.randint(3, 8))]
+        out.append(dict(prompt_logprobs=[-rng.uniform(0, 9) for _ in range(rng.randint(1, 50))],
+                        tokens=tokens, logprobs=[-rng.uniform(0, 9) for _ in tokens]))
+    return out
+
+
+def perturbed(runs, prompt=0.0, decode=0.0, where=lambda i: True):
+    runs = json.loads(json.dumps(runs))
+    for r in runs:
+        r["prompt_logprobs"] = [x + (prompt if where(i) else 0.0)
+                                for i, x in enumerate(r["prompt_logprobs"])]
+        r["logprobs"] = [x + decode for x in r["logprobs"]]
+    return runs
+
+
+def test_logprob_diff_over_prompts_and_decodes_up_to_divergence():
+    ref = answers()
+    d = logprob_diff(perturbed(ref, prompt=0.01, decode=0.002), ref)
+    assert d["prompt"]["tokens"] == sum(len(r["prompt_logprobs"]) for r in ref)
+    assert d["decode"]["tokens"] == sum(len(r["tokens"]) for r in ref)
+    assert math.isclose(d["prompt"]["max"], 0.01, rel_tol=1e-6)
+    assert math.isclose(d["prompt"]["mean"], 0.01, rel_tol=1e-6)
+    assert math.isclose(d["decode"]["max"], 0.002, rel_tol=1e-6)
+    # After the generated tokens differ, the runs condition on different text: compared up to
+    # and including the first differing token only.
+    other = json.loads(json.dumps(ref))
+    other[0]["tokens"][1] = -1
+    other[0]["logprobs"] = [ref[0]["logprobs"][0] - 1] + [x - 5 for x in ref[0]["logprobs"][1:]]
+    other[0]["logprobs"][2] -= 10  # after the divergence: ignored
+    d = logprob_diff(other, ref)
+    assert d["decode"]["max"] == pytest.approx(5.0)
+    assert d["decode"]["tokens"] == sum(len(r["tokens"]) for r in ref) - (len(ref[0]["tokens"]) - 2)
+
+
+def test_criterion_passes_within_the_yardstick_and_fails_beyond_it():
+    ref = answers()
+    yardstick = logprob_diff(perturbed(ref, prompt=0.05, decode=0.05), ref)
+    within = logprob_diff(perturbed(ref, prompt=0.05 * TOLERANCE_MULTIPLE,
+                                    decode=0.05 * TOLERANCE_MULTIPLE), ref)
+    assert judge(within, yardstick, fused_batches=30) == []
+    # A fault that moves only a few tokens a lot (a mask off by one at the start of a prompt)
+    # fails on the max, one that moves every token a little fails on the mean.
+    few = logprob_diff(perturbed(ref, prompt=1.0, where=lambda i: i < 2), ref)
+    assert any("prompt logprobs: POD vs FLASH_ATTN max" in f for f in judge(few, yardstick, 30))
+    every = logprob_diff(perturbed(ref, prompt=0.05 * TOLERANCE_MULTIPLE + 2 * FLOOR["mean"]), ref)
+    failures = judge(every, yardstick, 30)
+    assert any("prompt logprobs: POD vs FLASH_ATTN mean" in f for f in failures)
+    decode = logprob_diff(perturbed(ref, decode=1.0), ref)
+    assert any(f.startswith("decode logprobs") for f in judge(decode, yardstick, 30))
+
+
+def test_criterion_floor_when_flash_attn_does_not_vary():
+    ref = answers()
+    zero = logprob_diff(ref, ref)
+    assert zero["prompt"] == dict(max=0.0, mean=0.0, tokens=zero["prompt"]["tokens"])
+    assert judge(logprob_diff(perturbed(ref, prompt=FLOOR["mean"] / 2), ref), zero, 1) == []
+    assert judge(logprob_diff(perturbed(ref, prompt=2 * FLOOR["max"]), ref), zero, 1) != []
+
+
+def test_criterion_fails_on_nan_and_without_fused_batches():
+    ref = answers()
+    broken = json.loads(json.dumps(ref))
+    broken[2]["prompt_logprobs"][0] = math.nan
+    zero = logprob_diff(ref, ref)
+    assert any("max" in f for f in judge(logprob_diff(broken, ref), zero, 1))
+    assert judge(zero, zero, fused_batches=0) == ["POD's log shows no fused hybrid batch"]
+
+
+def prompt_logprobs(checkpoint, ids, leak=0, noise=0.0, seed=0) -> list[float]:
+    """The checkpoint's prompt logprobs, float32 math on bf16-rounded activations as a GPU would
+    keep them. noise: relative perturbation of attention outputs before their bf16 rounding (how
+    two correct kernels differ); leak: every query row also sees that many later keys (the
+    planted fault)."""
+    from safetensors.torch import load_file
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    w = {k: v.float() for k, v in load_file(checkpoint / "model.safetensors").items()}
+    d, nq, nkv = config["head_dim"], config["num_attention_heads"], config["num_key_value_heads"]
+    bf16 = lambda x: x.to(torch.bfloat16).float()
+    norm = lambda x, g: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + config["rms_norm_eps"]) * g
+    pos = torch.arange(len(ids))
+    angles = pos[:, None] * config["rope_theta"] ** (-torch.arange(0, d, 2) / d)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    rope = lambda x: torch.cat([x[..., :d // 2] * cos - x[..., d // 2:] * sin,
+                                x[..., d // 2:] * cos + x[..., :d // 2] * sin], -1)
+    gen = torch.Generator().manual_seed(seed)
+    x = w["model.embed_tokens.weight"][ids]
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = bf16(norm(x, w[p + "input_layernorm.weight"]))
+        proj = lambda name, heads: bf16(h @ w[p + f"self_attn.{name}_proj.weight"].T).view(
+            len(ids), heads, d)
+        q, k, v = bf16(rope(proj("q", nq))), bf16(rope(proj("k", nkv))), proj("v", nkv)
+        k, v = (t.repeat_interleave(nq // nkv, 1) for t in (k, v))
+        scores = torch.einsum("qhd,khd->hqk", q, k) / d ** 0.5
+        scores = scores.masked_fill(pos[None, None, :] > pos[None, :, None] + leak, float("-inf"))
+        o = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+        o = bf16(o * (1 + noise * torch.randn(o.shape, generator=gen))).flatten(1)
+        x = x + bf16(o @ w[p + "self_attn.o_proj.weight"].T)
+        h = bf16(norm(x, w[p + "post_attention_layernorm.weight"]))
+        g = torch.nn.functional.silu(h @ w[p + "mlp.gate_proj.weight"].T) * (
+            h @ w[p + "mlp.up_proj.weight"].T)
+        x = x + bf16(bf16(g) @ w[p + "mlp.down_proj.weight"].T)
+    logits = norm(x, w["model.norm.weight"]) @ w["lm_head.weight"].T
+    return logits.log_softmax(-1)[:-1].gather(1, ids[1:, None])[:, 0].tolist()
+
+
+def test_criterion_tells_rounding_from_the_planted_causal_shift(checkpoint):
+    # Worst case for the floor: FLASH_ATTN's own batch variance is 0. Measured here: rounding
+    # max 0.014 / mean 0.004 nats, the shift max 1.9 / mean 0.05 over a 600-token prompt.
+    ids = torch.tensor(make_requests(bos_id=0, n_long=1, n_short=0)[0]["prompt_token_ids"][:600])
+    as_answers = lambda lp: [dict(prompt_logprobs=lp, tokens=[], logprobs=[])]
+    flash_attn = as_answers(prompt_logprobs(checkpoint, ids, noise=2 ** -9, seed=1))
+    zero = logprob_diff(flash_attn, flash_attn)
+    pod = as_answers(prompt_logprobs(checkpoint, ids, noise=2 ** -9, seed=2))
+    assert judge(logprob_diff(pod, flash_attn), zero, fused_batches=1) == []
+    planted = as_answers(prompt_logprobs(checkpoint, ids, leak=1, noise=2 ** -9, seed=2))
+    failures = judge(logprob_diff(planted, flash_attn), zero, fused_batches=1)
+    assert any("prompt logprobs: POD vs FLASH_ATTN max" in f for f in failures)
 
 
 def test_log_facts_count_fused_batches_and_name_the_model_runner():
-    from benchmarks.e2e_check import log_facts
     v2 = ("(Worker_TP0 pid=1) INFO [gpu_worker.py:378] Using V2 Model Runner\n"
           "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n"
           "(Worker_TP1 pid=2) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n")
     assert log_facts(v2) == dict(fused_batches=2, model_runner="v2")
-    assert log_facts("(EngineCore pid=3) INFO Loading model\n") == dict(fused_batches=0, model_runner="v1")
+    assert log_facts("(EngineCore pid=3) INFO Loading model\n") == dict(fused_batches=0,
+                                                                        model_runner="v1")
+
+
+@pytest.mark.parametrize("pod_offset, passed", [(0.0, True), (0.5, False)])
+def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_offset, passed):
+    import sys
+
+    from benchmarks import e2e_check
+
+    def serve(backend, args, model_dir, requests_path, alone):
+        requests = json.loads(requests_path.read_text())
+        assert (model_dir / "model.safetensors").exists() and alone == (backend == "FLASH_ATTN")
+        run = lambda offset: [dict(prompt_logprobs=[-8.0 + offset] * (len(r["prompt_token_ids"]) - 1),
+                                   tokens=[5] * r["max_tokens"], logprobs=[-8.0] * r["max_tokens"])
+                              for r in requests]
+        answers = dict(together=run(pod_offset if backend == "POD" else 0.0))
+        if alone:
+            answers["alone"] = run(0.001)
+        return answers, dict(fused_batches=7 if backend == "POD" else 0, model_runner="v1")
+
+    monkeypatch.setattr(e2e_check, "serve", serve)
+    monkeypatch.setattr(e2e_check, "MODEL_DIR", tmp_path / "model")
+    monkeypatch.setattr(sys, "argv", ["e2e_check", "--out", str(tmp_path / "out"), "--long", "2",
+                                      "--short", "3"])
+    assert e2e_check.main() == (0 if passed else 1)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["passed"] is passed and bool(summary["failures"]) is not passed
+    assert summary["pod_fused_batches"] == 7 and summary["model_runner"] == "v1"
+    fa = summary["flash_attn_together_vs_alone"]["prompt"]
+    assert fa["max"] == pytest.approx(0.001) and fa["tokens"] == summary["requests"][
+        "prompt_tokens"] - 5
+    assert summary["pod_vs_flash_attn_together"]["prompt"]["max"] == pytest.approx(pod_offset)

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import torch
 from vllm._custom_ops import reshape_and_cache_flash
-from vllm.config import VllmConfig
+from vllm.config import VllmConfig, get_current_vllm_config_or_none
 from vllm.logger import init_logger
 from vllm.platforms.interface import DeviceCapability
 from vllm.v1.attention.backend import (
@@ -40,11 +40,13 @@ from vllm.v1.kv_cache_interface import AttentionSpec
 
 from vllm_pod import compat
 from vllm_pod.ops import (
+    BUILD_COMMAND,
     SUPPORTED_BLOCK_SIZES,
     SUPPORTED_DTYPES,
     SUPPORTED_HEAD_SIZES,
     device_ctas_per_sm,
     device_prefill_tile_rows,
+    extension_load_error,
     pod_attention,
 )
 from vllm_pod.plan import PodPlan, PodPlanner
@@ -93,13 +95,40 @@ class PodAttentionBackend(AttentionBackend):
         return capability.major == 8 or capability == DeviceCapability(9, 0)
 
     @classmethod
+    def validate_configuration(cls, **selector) -> list[str]:
+        """vLLM's selector asks this of the backend the user chose, while the model is being
+        built: whatever POD cannot serve is refused here, before any weight loads. vLLM passes the
+        selector's fields as keywords (newer versions pass more); the rest of the serving
+        configuration comes from the current VllmConfig."""
+        capability = selector["device_capability"]
+        reasons = [r for r in super().validate_configuration(**selector)
+                   if r != "compute capability not supported"]
+        if not cls.supports_compute_capability(capability):
+            reasons.append(f"POD attention runs on compute capability 8.x (A100) and 9.0 "
+                           f"(H100/H200), not {capability.major}.{capability.minor}")
+        error = extension_load_error()
+        if error is not None:
+            reasons.append(f"POD attention's compiled extension vllm_pod._C does not load "
+                           f"({error}); build it in the vllm-pod source tree with "
+                           f"`{BUILD_COMMAND}`")
+        vllm_config = get_current_vllm_config_or_none()
+        if vllm_config is not None:
+            reasons += _unsupported_features(vllm_config)
+        if not reasons:
+            # The way to confirm which backend served: vLLM itself only names CUSTOM (0.26).
+            logger.info_once("Using POD attention (vllm-pod): hybrid prefill+decode batches run "
+                             "its fused kernel, the others FLASH_ATTN's kernels")
+        return reasons
+
+    @classmethod
     def supports_device_cpu_query_lens_mismatch(cls) -> bool:
         # vLLM 0.33 hook: the plan is built from the CPU query lengths, which must be exact.
         return False
 
     # The base class already refuses MLA, sinks, sliding window, non-causal, encoder and
     # cross-attention (supports_* default to False / decoder only); ALiBi and softcap are not
-    # part of the selector's configuration, so PodAttentionImpl refuses them.
+    # part of the selector's configuration, so PodAttentionImpl refuses them (it is built with
+    # the model, also before the weights load).
 
     # vLLM 0.26 only: the logical KV cache shape (K and V packed in the last dim, as FLASH_ATTN)
     # and its physical order. Newer vLLM fixes this shape itself; the kernel takes any strides.
@@ -111,6 +140,26 @@ class PodAttentionBackend(AttentionBackend):
     @staticmethod
     def get_kv_cache_stride_order(include_num_layers_dimension: bool = False) -> tuple[int, ...]:
         return compat.kv_cache_stride_order(include_num_layers_dimension)
+
+
+def _unsupported_features(vllm_config: VllmConfig) -> list[str]:
+    """Serving features outside the selector's fields that POD refuses, each with its reason."""
+    reasons = []
+    if vllm_config.speculative_config is not None:
+        # Verify steps are multi-token queries planned from CPU lengths that async scheduling
+        # only estimates; the planner has no tiles for them.
+        reasons.append("POD attention does not support speculative decoding yet")
+    if vllm_config.parallel_config.use_ubatching:
+        reasons.append("POD attention does not support dual-batch overlap or micro-batching "
+                       "(--enable-dbo, --ubatch-size): every plan lives in one device buffer, "
+                       "which a second micro-batch's plan would overwrite before the first runs")
+    model_config = vllm_config.model_config
+    if model_config is not None and model_config.attention_chunk_size is not None:
+        reasons.append("POD attention does not support chunked local attention "
+                       f"(attention_chunk_size={model_config.attention_chunk_size}, as in "
+                       "Llama 4): vLLM hands it virtual batches whose host sequence lengths are "
+                       "the unchunked ones")
+    return reasons
 
 
 @dataclass
@@ -143,9 +192,6 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
     def __init__(self, kv_cache_spec: AttentionSpec, layer_names: list[str],
                  vllm_config: VllmConfig, device: torch.device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        if vllm_config.speculative_config is not None:
-            # Verify batches would be planned from optimistic CPU lengths (async spec decode).
-            raise NotImplementedError("POD attention does not support speculative decoding yet")
         if kv_cache_spec.block_size not in SUPPORTED_BLOCK_SIZES:
             raise ValueError(f"POD attention supports kernel block sizes {SUPPORTED_BLOCK_SIZES}, "
                              f"got {kv_cache_spec.block_size}")

@@ -5,6 +5,8 @@
 - 0.26 asks a backend for its KV cache shape and stride order; 0.33 fixes the logical shape
   itself and asks for layouts (we accept any: the kernel takes strides).
 - Neither version reads `VLLM_ATTENTION_BACKEND` any more; the plugin honours `=POD` itself.
+- Newer versions pass more selector fields to `validate_configuration`; the backend forwards
+  them all to vLLM's own checks and reads the rest of the configuration from the VllmConfig.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def kv_cache_stride_order(include_num_layers_dimension: bool) -> tuple[int, ...]
 
 def seq_lens_cpu(common_attn_metadata) -> "torch.Tensor":
     """Host copy of the batch's sequence lengths, without a device->host sync. Both model runners
-    of 0.26 and 0.33 provide it; it is exact except for async speculative decoding, which the
-    builder refuses."""
+    of 0.26 and 0.33 provide it; it is exact except for async speculative decoding, which backend
+    selection refuses."""
     seq_lens = common_attn_metadata.seq_lens_cpu_upper_bound
     if seq_lens is None:
         raise RuntimeError("POD attention plans from CommonAttentionMetadata."

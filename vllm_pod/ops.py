@@ -11,11 +11,23 @@ from vllm_pod.plan import PodPlan
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 SUPPORTED_HEAD_SIZES = (64, 128, 256)
 SUPPORTED_BLOCK_SIZES = (16, 32, 64)
+# Builds the extension from a source checkout (nvcc from CUDA_HOME; vLLM's torch, hence no isolation).
+BUILD_COMMAND = "CUDA_HOME=/usr/local/cuda pip install --no-build-isolation -e ."
 
 
 @functools.cache
 def _load_extension() -> None:
     import vllm_pod._C  # noqa: F401  (registers torch.ops.vllm_pod.*)
+
+
+def extension_load_error() -> str | None:
+    """Why the compiled extension does not load in this process (not built, or built against
+    another torch), or None when it loads."""
+    try:
+        _load_extension()
+    except (ImportError, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def pod_attention(out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,

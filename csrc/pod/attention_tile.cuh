@@ -63,7 +63,10 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, fl
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + j * 8 + 2 * (lane & 3) + (e & 1);
-        if (key >= kv_end || key > pos[e >> 1]) s[j][e] = -INFINITY;
+#ifndef POD_PLANT_CAUSAL_SHIFT  // a planted fault (rows see this many later keys) that
+#define POD_PLANT_CAUSAL_SHIFT 0  // benchmarks/e2e_check.py must catch
+#endif
+        if (key >= kv_end || key > pos[e >> 1] + POD_PLANT_CAUSAL_SHIFT) s[j][e] = -INFINITY;
       }
   }
 
