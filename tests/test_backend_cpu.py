@@ -28,6 +28,7 @@ from vllm.config import (
 from vllm.platforms.interface import DeviceCapability
 from vllm.v1.attention.backend import AttentionCGSupport, CommonAttentionMetadata
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
+from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
 import vllm_pod
@@ -332,6 +333,7 @@ NUM_SMS, CTAS_PER_SM = 8, 2
 @pytest.fixture
 def builder(monkeypatch, model_dir):
     monkeypatch.setattr(pod_backend, "_device_occupancy", lambda *a: (NUM_SMS, CTAS_PER_SM))
+    monkeypatch.setattr(pod_backend, "device_prefill_tile_rows", lambda *a: 128)
     config = make_config(model_dir)
     spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=NUM_KV_HEADS, head_size=HEAD_DIM,
                              dtype=torch.bfloat16)
@@ -438,6 +440,18 @@ def test_builder_batches(builder, monkeypatch, name):
         fa = md.fa_metadata
         assert fa.query_start_loc is cm.query_start_loc and fa.seq_lens is cm.seq_lens
         assert (fa.max_query_len, fa.max_seq_len) == (max(query_lens), max(seq_lens))
+
+
+def test_builder_splits_batches_as_vllm_does(builder):
+    rng = random.Random(15)
+    for _ in range(200):
+        query_lens = ([1] * rng.randint(0, 6) + [rng.randint(1, 40) for _ in range(rng.randint(0, 5))]
+                      + [0] * rng.choice([0, 0, 3]))
+        if not any(query_lens):
+            continue
+        cm = batch(query_lens, [q + rng.randint(0, 100) for q in query_lens])
+        assert builder._split_decodes_and_prefills(cm) == split_decodes_and_prefills(
+            cm, decode_threshold=builder.reorder_batch_threshold)
 
 
 def test_builder_many_prefills(builder):

@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_pod.plan import DECODE_TILE_ROWS, ITEM_FIELDS, SPLIT_ALIGN, PodPlanner
+from reference_planner import reference_plan
+from vllm_pod.plan import (
+    DECODE_BYTES_PER_CTA_S,
+    DECODE_TILE_ROWS,
+    ITEM_FIELDS,
+    ITEM_SECONDS,
+    MERGE_SECONDS,
+    PREFILL_FLOPS_PER_CTA_S,
+    SPLIT_ALIGN,
+    PodPlanner,
+)
 from vllm_pod.reference import gather_kv, reference_attention
 from vllm_pod.testing import make_batch
 
@@ -206,3 +216,141 @@ def test_rejects_bad_lengths_and_misordered_decodes():
     with pytest.raises(ValueError, match="multiple"):
         PodPlanner(num_q_heads=6, num_kv_heads=4, head_dim=128, block_size=16, num_sms=1,
                    ctas_per_sm=1, max_num_reqs=1, max_num_tokens=1, device="cpu")
+
+
+def random_lengths(rng, max_reqs=80, long_context=20000):
+    """query_start_loc and seq_lens of a random batch: decodes first, then short extends, prefill
+    chunks and sometimes CUDA-graph padding (query length 0, seq_len 0)."""
+    q_len = ([1] * int(rng.integers(0, max_reqs)) + [int(x) for x in rng.integers(2, 9, rng.integers(0, 4))]
+             + [int(x) for x in rng.integers(1, 700, rng.integers(0, 6))])
+    if not q_len:
+        q_len = [1]
+    seq = [q + int(rng.choice([0, rng.integers(0, 2000), rng.integers(0, long_context)])) for q in q_len]
+    if rng.random() < 0.2:
+        q_len, seq = q_len + [0, 0], seq + [0, 0]
+    qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_len)]), dtype=torch.int32)
+    return qsl, torch.tensor(seq, dtype=torch.int32)
+
+
+def random_planner(rng, **options):
+    heads = [(32, 8), (8, 2), (4, 4), (6, 2), (32, 1), (71, 1), (24, 1), (28, 4)]
+    hq, hkv = heads[int(rng.integers(len(heads)))]
+    return PodPlanner(num_q_heads=hq, num_kv_heads=hkv, head_dim=int(rng.choice([64, 128])),
+                      block_size=16, num_sms=int(rng.choice([2, 8, 132])),
+                      ctas_per_sm=int(rng.choice([1, 2, 4])),
+                      max_num_reqs=int(rng.choice([16, 256])),
+                      max_num_tokens=int(rng.choice([256, 8192])), device="cpu",
+                      prefill_rows=int(rng.choice([64, 128])),
+                      min_decode_slots=int(rng.integers(0, 2)), **options)
+
+
+@pytest.mark.parametrize("cost_splits", [False, True])
+def test_planner_equals_item_by_item_reference(cost_splits):
+    """The vectorised planner writes exactly the plan that the rules give item by item, on random
+    batches and planner shapes (uneven head chunks, split ties, buffers small enough to coarsen)."""
+    rng = np.random.default_rng(14 + cost_splits)
+    compared = 0
+    for _ in range(150):
+        planner = random_planner(rng, cost_splits=cost_splits)
+        qsl, seq = random_lengths(rng)
+        planner.buffer.fill_(-7)  # poison: every header and item int must be written
+        try:
+            plan = planner.plan(qsl, seq)
+        except ValueError as e:
+            assert "capacity" in str(e)
+            continue
+        items, n_prefill, n_decode, slots = reference_plan(planner, qsl, seq)
+        assert (plan.num_prefill_items, plan.num_decode_items, plan.decode_slots_per_sm) == (
+            n_prefill, n_decode, slots)
+        np.testing.assert_array_equal(plan.items, items)
+        assert planner.buffer[:3].tolist() == [n_prefill, n_decode, slots]
+        compared += 1
+    assert compared > 100
+
+
+def item_seconds(planner, plan):
+    """Each item's estimated time, as plan.py's cost model states it."""
+    it = plan.items
+    keys = (it[:, F["kv_end"]] - it[:, F["kv_start"]]).astype(np.float64)
+    rows = it[:, F["n_tok"]] * it[:, F["nh"]]
+    work = np.where(np.arange(len(it)) < plan.num_prefill_items,
+                    4 * rows * keys * planner.head_dim / PREFILL_FLOPS_PER_CTA_S,
+                    4 * keys * planner.head_dim / DECODE_BYTES_PER_CTA_S)
+    return ITEM_SECONDS + work + np.where(it[:, F["num_splits"]] > 1, MERGE_SECONDS, 0.0)
+
+
+def estimated_seconds(planner, plan):
+    """(prefill, decode) CTA-seconds of a plan: item times plus one merge per split group."""
+    it = plan.items
+    t = item_seconds(planner, plan) - np.where(it[:, F["num_splits"]] > 1, MERGE_SECONDS, 0.0)
+    groups = it[:, F["num_splits"]] > 1
+    out = []
+    for part in (slice(0, plan.num_prefill_items), slice(plan.num_prefill_items, None)):
+        merges = len(np.unique(it[part][groups[part], F["merge_id"]]))
+        out.append(t[part].sum() + MERGE_SECONDS * merges)
+    return out
+
+
+def test_cost_splits_bound_every_item_by_the_makespan_target():
+    """With cost_splits no item's estimated time exceeds the target computed from the item-count
+    plan, unless not even a SPLIT_ALIGN-key piece of its tile would fit; and they do cut items."""
+    rng = np.random.default_rng(7)
+    cut = 0
+    for _ in range(120):
+        shape = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
+                     num_sms=int(rng.choice([16, 132])), ctas_per_sm=int(rng.choice([1, 2])),
+                     max_num_reqs=256, max_num_tokens=8192, device="cpu", prefill_rows=128)
+        qsl, seq = random_lengths(rng, max_reqs=256, long_context=int(rng.choice([20000, 131072])))
+        count_planner = PodPlanner(**shape)
+        base = count_planner.plan(qsl, seq)
+        target = count_planner.makespan_target(*estimated_seconds(count_planner, base))
+        base_items = len(base.items)
+        planner = PodPlanner(**shape, cost_splits=True)
+        plan = planner.plan(qsl, seq)
+        check_invariants(None, plan, planner)
+        t = item_seconds(planner, plan)
+        it = plan.items
+        key_s = np.where(np.arange(len(it)) < plan.num_prefill_items,
+                         4 * it[:, F["n_tok"]] * it[:, F["nh"]] * 128 / PREFILL_FLOPS_PER_CTA_S,
+                         4 * 128 / DECODE_BYTES_PER_CTA_S)
+        min_piece = ITEM_SECONDS + MERGE_SECONDS + key_s * (SPLIT_ALIGN + it[:, F["n_tok"]] - 1)
+        over = t > target * (1 + 1e-9)
+        assert not (over & (min_piece <= target)).any(), (
+            f"items over the target {target * 1e6:.1f} us: {t[over] * 1e6}")
+        cut += len(it) > base_items
+    assert cut >= 10
+
+
+def test_cost_splits_cut_a_long_decode_among_many_items():
+    # 80 decodes of 2K keys and one of 100K: the item-count rule leaves the long decode whole
+    # (enough items), about 2.5 ms against a makespan target of ~0.2 ms.
+    q_len, seq = [1] * 81, [2048] * 80 + [100_000]
+    qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_len)]), dtype=torch.int32)
+    seq = torch.tensor(seq, dtype=torch.int32)
+    shape = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, num_sms=132,
+                 ctas_per_sm=2, max_num_reqs=256, max_num_tokens=8192, device="cpu", prefill_rows=128)
+    whole = PodPlanner(**shape).plan(qsl, seq)
+    assert (whole.items[:, F["num_splits"]] == 1).all()
+    planner = PodPlanner(**shape, cost_splits=True)
+    plan = planner.plan(qsl, seq)
+    long = plan.items[plan.items[:, F["req"]] == 80]
+    assert (long[:, F["num_splits"]] > 4).all() and (plan.items[plan.items[:, F["req"]] < 80, F["num_splits"]] == 1).all()
+    assert item_seconds(planner, plan).max() < 250e-6
+
+
+@pytest.mark.parametrize("ctas_per_sm", [4, 8])
+def test_cost_split_plans_execute_to_reference(ctas_per_sm):
+    # One long decode holds most of the work: with few items and CTA slots, only it is cut.
+    b = make_batch([50_000, 40, 17], [(20, 2600), (5, 700)], num_q_heads=8, num_kv_heads=2,
+                   head_dim=16, block_size=16, dtype=torch.float32, seed=3)
+    planner = planner_for(b, num_sms=1, ctas_per_sm=ctas_per_sm, cost_splits=True,
+                          split_items_per_slot={"prefill": 0, "decode": 0})
+    plan = planner.plan(b.query_start_loc, b.seq_lens, num_decodes=3)
+    assert (plan.items[:, F["num_splits"]] > 1).any()
+    check_invariants(b, plan, planner)
+    out, written = execute_plan(b, plan)
+    n_tokens = int(b.query_start_loc[-1])
+    assert (written[:n_tokens] == 1).all()
+    ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
+                              b.query_start_loc, b.seq_lens, b.scale)
+    torch.testing.assert_close(out[:n_tokens].float(), ref[:n_tokens], atol=1e-5, rtol=1e-5)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from vllm._custom_ops import reshape_and_cache_flash
 from vllm.config import VllmConfig, get_current_vllm_config_or_none
@@ -35,7 +36,6 @@ from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionMetadata,
     FlashAttentionMetadataBuilder,
 )
-from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 from vllm.v1.kv_cache_interface import AttentionSpec
 
 from vllm_pod import compat
@@ -226,10 +226,22 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
         return self._build(common_attn_metadata, lambda: (
             self.fa_builder.build_for_cudagraph_capture(common_attn_metadata)))
 
+    def _split_decodes_and_prefills(self, cm: CommonAttentionMetadata) -> tuple[int, int, int, int]:
+        """vLLM's split_decodes_and_prefills (decodes first, every request from the first longer
+        query on counts as prefill, CUDA-graph padding included), in numpy: the torch version
+        costs a fifth of a hybrid batch's planning time."""
+        if cm.max_query_len <= self.reorder_batch_threshold:
+            return cm.num_reqs, 0, cm.num_actual_tokens, 0
+        qsl = cm.query_start_loc_cpu.numpy()[:cm.num_reqs + 1]
+        first_prefill = int(np.argmax(qsl[1:] - qsl[:-1] > self.reorder_batch_threshold))
+        num_decode_tokens = int(qsl[first_prefill])
+        return (first_prefill, cm.num_reqs - first_prefill, num_decode_tokens,
+                cm.num_actual_tokens - num_decode_tokens)
+
     def _build(self, cm: CommonAttentionMetadata,
                build_fa: Callable[[], FlashAttentionMetadata]) -> PodAttentionMetadata:
         num_decodes, num_prefills, num_decode_tokens, num_prefill_tokens = (
-            split_decodes_and_prefills(cm, decode_threshold=self.reorder_batch_threshold))
+            self._split_decodes_and_prefills(cm))
         plan = fa_metadata = None
         if num_decodes > 0 and num_prefills > 0:
             # CPU lengths only: no device->host sync. Padding rows (query length 0) get no work.
