@@ -34,7 +34,8 @@ def test_sw128_layout_and_descriptors_match_cute(tmp_path):
 @pytest.mark.skipif(nvcc() is None or cute_include_dir() is None, reason="needs nvcc and CuTe headers")
 def test_wgmma_variant_compiles_to_wgmma(tmp_path):
     # The sm_90a build (setup.py adds -DPOD_WGMMA_PREFILL there) must run its prefill step on wgmma
-    # (S = Q K^T as m64n64k16, O += P V as m64n128k16 at head dim 128), not mma.sync.
+    # (S = Q K^T as m64n64k16, O += P V as m64n128k16 at head dim 128), not mma.sync, in the
+    # warp-specialized kernel: registers moved between roles, copies completing on mbarriers.
     ptx = tmp_path / "pod.ptx"
     subprocess.run([nvcc(), "-DPOD_WGMMA_PREFILL", f"-I{cute_include_dir()}", f"-I{ROOT / 'csrc'}",
                     "-arch=compute_90a", "-ptx", "-O3",
@@ -43,7 +44,10 @@ def test_wgmma_variant_compiles_to_wgmma(tmp_path):
     text = ptx.read_text()
     assert "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16" in text
     assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16" in text
-    assert "fence.proxy.async.shared::cta" in text
+    assert "setmaxnreg.dec.sync.aligned.u32 56" in text
+    assert "setmaxnreg.inc.sync.aligned.u32 160" in text
+    assert "setmaxnreg.inc.sync.aligned.u32 136" in text
+    assert "cp.async.mbarrier.arrive.noinc.shared::cta.b64" in text
 
 
 # The default sm_90a build, the tuning candidates of tile_config.cuh and the trace build (trace.cuh),
