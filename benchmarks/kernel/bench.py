@@ -24,7 +24,7 @@ Two batch lists:
   a long prefill, GQA ratios 1/4/7/8, head dims 64 and 256, KV blocks 32 and 64, and the per-rank
   shapes of Llama-3-70B under tensor parallelism 2 and 4.
 
-    python -m benchmarks.kernel.bench --out benchmarks/results/kernel_h100.csv
+    python -m benchmarks.kernel.bench --out benchmarks/results/kernel_h200.csv
     python -m benchmarks.kernel.bench --wide --out benchmarks/results/kernel_wide_h200.csv
 """
 

@@ -1,7 +1,7 @@
 """Plot of a kernel benchmark CSV: POD and FA3 (one call) per config, normalised to the ideal
 max(prefill alone, decode alone).
 
-    python -m benchmarks.kernel.plot benchmarks/results/kernel_h100.csv   # writes kernel_h100.png
+    python -m benchmarks.kernel.plot benchmarks/results/kernel_h200.csv   # writes kernel_h200.png
     python -m benchmarks.kernel.plot benchmarks/results/kernel_wide_h200.csv  # the wide table
 """
 

@@ -41,7 +41,7 @@ batches=("$@")
 [ ${#batches[@]} -gt 0 ] || batches=(2048,12288,16,2048 512,4096,16,2048)
 for b in "${batches[@]}"; do
   tag=${b//,/_}
-  profile "pod_$tag" pod_attention_kernel python3 -m benchmarks.kernel.bench --pod-only --only "$b" --iters 1
+  profile "pod_$tag" 'pod_attention_kernel|pod_warp_specialized_kernel' python3 -m benchmarks.kernel.bench --pod-only --only "$b" --iters 1
   if python3 -c "import vllm" 2>/dev/null; then
     # The benchmark checks POD against FA3's one call first: its first FA3 launch is that call.
     profile "fa3_$tag" 'FlashAttnFwd' python3 -m benchmarks.kernel.bench --only "$b" --iters 1
