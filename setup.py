@@ -20,7 +20,7 @@ from vllm_pod.build_paths import cute_include_dir  # noqa: E402
 
 # The Hopper prefill tile (wgmma) is built into the sm_90a code when CuTe's headers are found
 # (FlashInfer, a vLLM dependency, ships them); POD_WGMMA_PREFILL=0 builds the mma.sync tile only.
-# POD_NVCC_FLAGS: extra flags for tuning builds, e.g. "-DPOD_PREFILL_MTILES=2".
+# POD_NVCC_FLAGS: extra flags for diagnosis builds, e.g. "-DPOD_TRACE=1" (docs/tuning.md).
 extra_flags = os.environ.get("POD_NVCC_FLAGS", "").split()
 include_dirs = [os.path.abspath("csrc")]
 if "9.0a" in os.environ["TORCH_CUDA_ARCH_LIST"] and os.environ.get("POD_WGMMA_PREFILL", "1") != "0":

@@ -50,11 +50,10 @@ def test_wgmma_variant_compiles_to_wgmma(tmp_path):
     assert "cp.async.mbarrier.arrive.noinc.shared::cta.b64" in text
 
 
-# The default sm_90a build, the tuning candidates of tile_config.cuh and the trace build (trace.cuh),
-# which must keep compiling.
-BUILDS = {"default": [], "keys32_stages4": ["-DPOD_SM90_PREFILL_KEYS=32", "-DPOD_PREFILL_STAGES=4"],
-          "decode_keys32_stages4": ["-DPOD_DECODE_KEYS=32", "-DPOD_DECODE_STAGES=4"],
-          "trace": ["-DPOD_TRACE=1"]}
+# The sm_90a builds of both Hopper kernels (head dim 128: warp-specialized; 256: two CTAs per SM)
+# and the trace build (trace.cuh), which must keep compiling: instantiation and extra flags.
+BUILDS = {"default": ("pod_bf16_hd128.cu", []), "hd256": ("pod_bf16_hd256.cu", []),
+          "trace": ("pod_bf16_hd128.cu", ["-DPOD_TRACE=1"])}
 
 
 @pytest.mark.skipif(nvcc() is None or cute_include_dir() is None, reason="needs nvcc and CuTe headers")
@@ -62,10 +61,11 @@ BUILDS = {"default": [], "keys32_stages4": ["-DPOD_SM90_PREFILL_KEYS=32", "-DPOD
 def test_wgmma_is_not_serialised(tmp_path, build):
     # ptxas falls back to serialised wgmma (warnings C7514/C7515) when ordinary instructions may
     # touch the accumulators of a wgmma in flight; the prefill loop's overlap would be lost silently.
-    run = subprocess.run([nvcc(), "-DPOD_WGMMA_PREFILL", *BUILDS[build], f"-I{cute_include_dir()}",
+    source, flags = BUILDS[build]
+    run = subprocess.run([nvcc(), "-DPOD_WGMMA_PREFILL", *flags, f"-I{cute_include_dir()}",
                           f"-I{ROOT / 'csrc'}", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3",
                           "--use_fast_math", "-Xptxas", "-v",
-                          str(ROOT / "csrc" / "instantiations" / "pod_bf16_hd128.cu"),
+                          str(ROOT / "csrc" / "instantiations" / source),
                           "-o", str(tmp_path / "pod.cubin")],
                          check=True, capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr

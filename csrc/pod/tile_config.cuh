@@ -18,25 +18,12 @@ struct TileConfig {
   // come from L2 once per tile, so 64-row tiles cap the prefill near L2 bandwidth (~4.5 TB/s, ~290
   // TFLOP/s at 64 FLOP/B). The Hopper tile therefore takes 128 rows (two m64 wgmma tiles; its
   // accumulators fit the register file up to D=128). The mma.sync tile keeps 1 x m16 per warp and
-  // 64 keys, measured best for it (docs/design.md, "Tile shapes"); POD_PREFILL_MTILES / POD_PREFILL_KEYS
-  // override it in tuning builds.
-#ifdef POD_PREFILL_MTILES
-  static constexpr int kSimtMTiles = D <= 128 ? POD_PREFILL_MTILES : 1;
-#else
-  static constexpr int kSimtMTiles = 1;
-#endif
-  static constexpr int kPrefillMTiles = kHopper ? (D <= 128 ? 2 : 1) : kSimtMTiles;
+  // 64 keys, measured best for it; smaller key tiles in deeper rings lost on Hopper for both kinds
+  // (docs/design.md, "Tile shapes" and "What was tried and lost").
+  static constexpr int kPrefillMTiles = kHopper && D <= 128 ? 2 : 1;
   static constexpr int kMTileRows = kHopper ? 64 : 16;  // rows of one m-tile (wgmma m64, mma m16)
   static constexpr int kPrefillRows = kMTileRows * kPrefillMTiles * (kHopper ? 1 : kWarps);
-  // 32 keys at D=256 keep two CTAs per SM. Tuning builds (D <= 128): POD_PREFILL_KEYS for the
-  // mma.sync tile, POD_SM90_PREFILL_KEYS for the Hopper tile.
-#ifndef POD_PREFILL_KEYS
-#define POD_PREFILL_KEYS 64
-#endif
-#ifndef POD_SM90_PREFILL_KEYS
-#define POD_SM90_PREFILL_KEYS 64
-#endif
-  static constexpr int kPrefillKeys = D > 128 ? 32 : kHopper ? POD_SM90_PREFILL_KEYS : POD_PREFILL_KEYS;
+  static constexpr int kPrefillKeys = D > 128 ? 32 : 64;  // 32 at D=256 keep two CTAs per SM
   // First query row of a warp's m-tile mt: mma.sync warps own consecutive m16 tiles; in a wgmma
   // m64 tile each warp holds a 16-row slice.
   __device__ __forceinline__ static int prefill_row(int warp, int mt) {
@@ -45,25 +32,14 @@ struct TileConfig {
   // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
   static constexpr int kDecodeRows = 16;
   static constexpr int kDecodeWarpKeys = 16;
-  // Halved at D=256 for two CTAs per SM; POD_DECODE_KEYS for tuning builds (D <= 128).
-#ifndef POD_DECODE_KEYS
-#define POD_DECODE_KEYS 64
-#endif
-  static constexpr int kDecodeKeys = D <= 128 ? POD_DECODE_KEYS : 32;
+  static constexpr int kDecodeKeys = D <= 128 ? 64 : 32;  // halved at D=256 for two CTAs per SM
   static constexpr int kDecodeWarps = kDecodeKeys / kDecodeWarpKeys;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
 
   // K/V tiles stream through a ring of stages, [stage][K|V][keys][D]; a kind keeps all but one
-  // stage in flight. Tuning builds (D <= 128): POD_PREFILL_STAGES / POD_DECODE_STAGES, e.g. more
-  // stages of smaller tiles in the same bytes.
-#ifndef POD_PREFILL_STAGES
-#define POD_PREFILL_STAGES 2
-#endif
-#ifndef POD_DECODE_STAGES
-#define POD_DECODE_STAGES 2
-#endif
-  static constexpr int kPrefillStages = D <= 128 ? POD_PREFILL_STAGES : 2;
-  static constexpr int kDecodeStages = D <= 128 ? POD_DECODE_STAGES : 2;
+  // stage in flight.
+  static constexpr int kPrefillStages = 2;
+  static constexpr int kDecodeStages = 2;
   static constexpr int kQElems = kPrefillRows * D;
   static constexpr int kRingElems = 2 * D *
       (kPrefillStages * kPrefillKeys > kDecodeStages * kDecodeKeys ? kPrefillStages * kPrefillKeys
@@ -76,7 +52,6 @@ struct TileConfig {
   static_assert(kMergeBytes <= kSmemBytes, "decode merge scratch must fit the tile region");
   static_assert(kChunks >= 8, "the XOR swizzle needs at least 8 chunks per row");
   static_assert(64 % kPrefillKeys == 0 && 64 % kDecodeKeys == 0, "plan.py aligns KV splits to 64 keys");
-  static_assert(kPrefillStages >= 2 && kDecodeStages >= 2, "the ring overlaps a load with the math");
 
   // Offset (elements) of column `col` (a multiple of 8) of row `row` in a swizzled [rows][D] tile:
   // 16-byte chunks XOR-ed with the row so ldmatrix's 8 row addresses hit 8 distinct bank groups.
