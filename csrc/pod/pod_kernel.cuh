@@ -1,6 +1,8 @@
-// The fused POD kernel: one persistent launch; each CTA runs prefill and decode items as the
-// scheduler hands them out. Both item kinds stream K/V tiles through the same two-stage cp.async
-// pipeline and differ only in how the four warps share a tile (rows vs keys) and in the epilogue.
+// The two-CTA POD kernel (sm_80, and head dim 256 on Hopper): one persistent launch of two CTAs per
+// SM; each CTA runs prefill and decode items as the scheduler hands them out. Both item kinds
+// stream K/V tiles through the same two-stage cp.async pipeline and differ only in how the four
+// warps share a tile (rows vs keys) and in the epilogue. run_item also runs the decode items of the
+// warp-specialized kernel (pod_kernel_sm90.cuh).
 #pragma once
 #include "attention_tile_sm90.cuh"
 #include "merge.cuh"
