@@ -6,16 +6,15 @@
 #pragma once
 #include "attention_tile_sm90.cuh"
 #include "barrier_sm90.cuh"
-#include "merge.cuh"
 #include "tile_loader.cuh"
 
 #if defined(POD_WGMMA_PREFILL)
 namespace pod::sm90 {
 
 // The shared memory and barriers prefill items flow through: one query tile (kPrefillRows rows,
-// two m64 slices, one per consumer), a ring of K tiles and a ring of V tiles. K and V are released
-// separately, K as soon as S = Q K^T is done, so the producer copies further ahead than with one
-// ring of K/V pairs, where the consumers hold two pairs at a time (docs/design.md).
+// two m64 slices, one per consumer), a ring of K tiles and a ring of V tiles. K is released as
+// soon as S = Q K^T is done, V only after P V, so V can have the deeper ring in the same shared
+// memory (docs/design.md, "The warp-specialized Hopper kernel").
 template <class Cfg, int kKStages_, int kVStages_>
 struct PrefillRing {
   using T = typename Cfg::T;
@@ -88,8 +87,8 @@ __device__ __forceinline__ void warp_arrive(MBarrier* bar) {
   if ((threadIdx.x & 31) == 0) bar->arrive();
 }
 
-// Waits for a stage's copies. Like CUTLASS's cp.async-fed GMMA mainloops, no proxy fence follows:
-// the mbarrier's completion orders the copies before the wgmma that read them.
+// Waits for a stage's copies. As in CUTLASS's cp.async-fed GMMA mainloops and in FA3, no proxy
+// fence follows the wait (one there measured 2-3% slower on prefill).
 __device__ __forceinline__ void wait_full(MBarrier* bar, uint32_t parity) { bar->wait(parity); }
 
 // One consumer warpgroup's part of one item: m64 slice `slice` of the query rows against every K/V
