@@ -106,10 +106,10 @@ def _work_seconds(tiles, kind, config, num_chunks):
 
 
 @_jit
-def _split_count(tile, chunk):
+def _split_count(tiles, i, chunk):
     # Split boundaries s*chunk must not pass the tile's first position, so every row of the tile
     # sees at least one key in every split (no empty softmax rows to merge).
-    return max(1, min(-(-tile[_KV_END] // chunk), 1 + tile[_Q_POS0] // chunk))
+    return max(1, min(-(-tiles[i, _KV_END] // chunk), 1 + tiles[i, _Q_POS0] // chunk))
 
 
 @_jit
@@ -124,9 +124,9 @@ def _count_chunks(tiles, queue):
         return False
     total = tiles[:, _KV_END].sum() * queue[_NUM_CHUNKS]
     chunk = _align_split(max(queue[_MIN_SPLIT_KEYS], -(-total // target)))
-    for tile in tiles:
-        pieces = max(1, (tile[_KV_END] + chunk // 2) // chunk)
-        tile[_CHUNK] = _align_split(-(-tile[_KV_END] // pieces))
+    for i in range(tiles.shape[0]):
+        pieces = max(1, (tiles[i, _KV_END] + chunk // 2) // chunk)
+        tiles[i, _CHUNK] = _align_split(-(-tiles[i, _KV_END] // pieces))
     return True
 
 
@@ -146,8 +146,8 @@ def _cost_chunks(queue_tiles, has_chunk, config, queues, head_chunks):
         n_pieces, n_split = tiles.shape[0], 0
         if has_chunk[kind]:
             n_pieces = 0
-            for tile in tiles:
-                n = _split_count(tile, tile[_CHUNK])
+            for i in range(tiles.shape[0]):
+                n = _split_count(tiles, i, tiles[i, _CHUNK])
                 n_pieces += n
                 n_split += n > 1
         seconds[kind] = (ITEM_SECONDS * (heads * n_pieces) + MERGE_SECONDS * (heads * n_split)
@@ -160,25 +160,25 @@ def _cost_chunks(queue_tiles, has_chunk, config, queues, head_chunks):
         widest = head_chunks[kind, 0, _NH]
         over = np.zeros(tiles.shape[0], dtype=np.bool_)
         cap = np.zeros(tiles.shape[0], dtype=np.int64)
-        for i, tile in enumerate(tiles):
+        for i in range(tiles.shape[0]):
             if kind == _PREFILL:
-                key_s = 4 * tile[_N_TOK] * widest * config[_HEAD_DIM] / PREFILL_FLOPS_PER_CTA_S
+                key_s = 4 * tiles[i, _N_TOK] * widest * config[_HEAD_DIM] / PREFILL_FLOPS_PER_CTA_S
             else:
                 key_s = 4 * config[_HEAD_DIM] / DECODE_BYTES_PER_CTA_S
             fits = np.int64(np.floor((target - ITEM_SECONDS - MERGE_SECONDS) / key_s))
-            cap[i] = (fits - (tile[_N_TOK] - 1)) // SPLIT_ALIGN * SPLIT_ALIGN
-            if has_chunk[kind] and _split_count(tile, tile[_CHUNK]) > 1:
-                over[i] = tile[_CHUNK] > cap[i]
+            cap[i] = (fits - (tiles[i, _N_TOK] - 1)) // SPLIT_ALIGN * SPLIT_ALIGN
+            if has_chunk[kind] and _split_count(tiles, i, tiles[i, _CHUNK]) > 1:
+                over[i] = tiles[i, _CHUNK] > cap[i]
             else:
-                over[i] = ITEM_SECONDS + tile[_KV_END] * key_s > target
+                over[i] = ITEM_SECONDS + tiles[i, _KV_END] * key_s > target
             over[i] &= cap[i] >= SPLIT_ALIGN
         if over.any():
-            for i, tile in enumerate(tiles):
-                if not has_chunk[kind]:
-                    tile[_CHUNK] = tile[_KV_END]
+            if not has_chunk[kind]:
+                tiles[:, _CHUNK] = tiles[:, _KV_END]
+            for i in range(tiles.shape[0]):
                 if over[i]:
-                    pieces = -(-tile[_KV_END] // cap[i])
-                    tile[_CHUNK] = _align_split(-(-tile[_KV_END] // pieces))
+                    pieces = -(-tiles[i, _KV_END] // cap[i])
+                    tiles[i, _CHUNK] = _align_split(-(-tiles[i, _KV_END] // pieces))
             has_chunk[kind] = True
 
 
@@ -191,13 +191,13 @@ def _fit_capacity(queue_tiles, has_chunk, config, queues):
         n_items = rows_used = groups = 0
         for kind in range(2):
             tiles, heads = queue_tiles[kind], queues[kind, _NUM_CHUNKS]
-            for tile in tiles:
-                n = _split_count(tile, tile[_CHUNK]) if has_chunk[kind] else 1
-                tile[_COUNT] = n
+            for i in range(tiles.shape[0]):
+                n = _split_count(tiles, i, tiles[i, _CHUNK]) if has_chunk[kind] else 1
+                tiles[i, _COUNT] = n
                 n_items += heads * n
                 if n > 1:
                     groups += heads
-                    rows_used += config[_NUM_Q_HEADS] * tile[_N_TOK] * n
+                    rows_used += config[_NUM_Q_HEADS] * tiles[i, _N_TOK] * n
         if rows_used <= config[_MAX_SPLIT_ROWS] and groups <= config[_MAX_MERGE_GROUPS] \
                 and n_items <= config[_MAX_ITEMS]:
             return n_items, True
@@ -218,101 +218,96 @@ def _write_queue(tiles, chunks, config, items, first_item, rows_used, groups):
     workspace rows, merge groups) it used. rows_used/groups: those taken by earlier queues.
 
     The order is that of a stable sort by cost (keys x rows) of the items listed tile by tile,
-    head chunk by head chunk, split by split. Pieces (a tile's splits) sorted stably by keys x
-    tokens give it per chunk width, once the pieces of one tile that cost the same are taken
-    head chunk by head chunk; the chunks of the narrower width (a group not a multiple of the
-    tile's heads) are ordered apart, and the two sequences merged."""
-    heads = chunks.shape[0]
+    head chunk by head chunk, split by split."""
+    heads, num_tiles = chunks.shape[0], tiles.shape[0]
     num_pieces = tiles[:, _COUNT].sum()
     if num_pieces == 0:
         return 0, 0, 0
+    # Pieces (a tile's KV-splits) tile by tile, with keys x tokens as their cost.
     piece_tile = np.empty(num_pieces, dtype=np.int64)
     piece_split = np.empty(num_pieces, dtype=np.int64)
     piece_cost = np.empty(num_pieces, dtype=np.int64)
-    # Per tile: its first piece, and where a split tile's merge groups and workspace rows begin.
-    first_piece = np.empty(tiles.shape[0], dtype=np.int64)
-    group_base = np.zeros(tiles.shape[0], dtype=np.int64)
-    slot_base = np.zeros(tiles.shape[0], dtype=np.int64)
+    # Per tile: its first piece; for a split tile, where its merge groups and workspace rows begin.
+    first_piece = np.empty(num_tiles, dtype=np.int64)
+    group_base = np.zeros(num_tiles, dtype=np.int64)
+    slot_base = np.zeros(num_tiles, dtype=np.int64)
     p = tile_rows = split_tiles = 0
-    for i, tile in enumerate(tiles):
-        n = tile[_COUNT]
+    for i in range(num_tiles):
+        n, chunk = tiles[i, _COUNT], tiles[i, _CHUNK]
         first_piece[i] = p
         for s in range(n):
-            kv_start = s * tile[_CHUNK]
-            kv_end = tile[_KV_END] if s == n - 1 else kv_start + tile[_CHUNK]
-            piece_tile[p], piece_split[p] = i, s
-            piece_cost[p] = (kv_end - kv_start) * tile[_N_TOK]
+            keys = (tiles[i, _KV_END] - s * chunk) if s == n - 1 else chunk
+            piece_tile[p], piece_split[p], piece_cost[p] = i, s, keys * tiles[i, _N_TOK]
             p += 1
         if n > 1:
             # Each (tile, head chunk) is a merge group with consecutive workspace rows for its
             # pieces; groups are numbered and placed in the unsorted item order.
             slot_base[i] = rows_used + config[_NUM_Q_HEADS] * tile_rows
             group_base[i] = groups + heads * split_tiles
-            tile_rows += tile[_N_TOK] * n  # per query head
+            tile_rows += tiles[i, _N_TOK] * n  # per query head
             split_tiles += 1
-    # Pieces longest first, ties in piece order: one sort of unique keys (cost < 2**38, pieces
-    # < 2**20) beats a stable argsort.
-    order = (piece_cost.max() - piece_cost) * num_pieces + np.arange(num_pieces)
-    order.sort()
-    order %= num_pieces
 
-    # The items of each chunk width as (piece, chunk), in the order of a stable sort by cost:
-    # the full-width chunks first, then the narrower last chunks of each group, if any.
-    widest = chunks[0, _NH]
-    seq_piece = np.empty(num_pieces * heads, dtype=np.int64)
-    seq_chunk = np.empty(num_pieces * heads, dtype=np.int64)
-    e = 0
-    for wide in (True, False):
+    num_items = num_pieces * heads
+    at = first_item
+    if (chunks[:, _NH] == chunks[0, _NH]).all():
+        # One chunk width: the order is the pieces' stable order by cost, each piece's items
+        # chunk by chunk, except that pieces of one tile that cost the same are taken chunk by
+        # chunk together. The sort is of unique keys (cost < 2**38, pieces < 2**20), faster
+        # than a stable argsort.
+        order = (piece_cost.max() - piece_cost) * num_pieces + np.arange(num_pieces)
+        order.sort()
+        order %= num_pieces
         run = 0
         while run < num_pieces:
-            p = order[run]
             end = run + 1
-            while end < num_pieces and piece_cost[order[end]] == piece_cost[p] \
-                    and piece_tile[order[end]] == piece_tile[p]:
+            while end < num_pieces and piece_cost[order[end]] == piece_cost[order[run]] \
+                    and piece_tile[order[end]] == piece_tile[order[run]]:
                 end += 1
             for h in range(heads):
-                if (chunks[h, _NH] == widest) == wide:
-                    for r in range(run, end):
-                        seq_piece[e], seq_chunk[e] = order[r], h
-                        e += 1
+                for r in range(run, end):
+                    _write_item(items, at, tiles, chunks, piece_tile[order[r]],
+                                piece_split[order[r]], h, slot_base, group_base)
+                    at += 1
             run = end
-
-    # Merge the two widths by cost, then by the unsorted position, writing the items.
-    num_items = num_pieces * heads
-    a_end = num_pieces * (chunks[:, _NH] == widest).sum()
-    a, b = 0, a_end
-    for item in range(num_items):
-        take_b = b < num_items
-        if take_b and a < a_end:
-            pa, ha, pb, hb = seq_piece[a], seq_chunk[a], seq_piece[b], seq_chunk[b]
-            cost_a, cost_b = piece_cost[pa] * chunks[ha, _NH], piece_cost[pb] * chunks[hb, _NH]
-            ta, tb = piece_tile[pa], piece_tile[pb]
-            pos_a = first_piece[ta] * heads + ha * tiles[ta, _COUNT] + piece_split[pa]
-            pos_b = first_piece[tb] * heads + hb * tiles[tb, _COUNT] + piece_split[pb]
-            take_b = cost_b > cost_a or (cost_b == cost_a and pos_b < pos_a)
-        if take_b:
-            p, h = seq_piece[b], seq_chunk[b]
-            b += 1
-        else:
-            p, h = seq_piece[a], seq_chunk[a]
-            a += 1
-        i, s = piece_tile[p], piece_split[p]
-        n, chunk, n_tok = tiles[i, _COUNT], tiles[i, _CHUNK], tiles[i, _N_TOK]
-        kv_start = s * chunk
-        kv_end = tiles[i, _KV_END] if s == n - 1 else kv_start + chunk
-        slot, base, merge_id = -1, 0, 0
-        if n > 1:
-            base = slot_base[i] + n_tok * n * chunks[h, _NH_FIRST]
-            slot = base + s * n_tok * chunks[h, _NH]
-            merge_id = group_base[i] + h
-        # ITEM_FIELDS; the trace fields stay zero (host buffers start zeroed and no plan writes them)
-        at = first_item + item
-        items[at, 0], items[at, 1], items[at, 2], items[at, 3] = (
-            tiles[i, _REQ], chunks[h, _KV_HEAD], chunks[h, _H0], chunks[h, _NH])
-        items[at, 4], items[at, 5], items[at, 6] = tiles[i, _Q_START], n_tok, tiles[i, _Q_POS0]
-        items[at, 7], items[at, 8], items[at, 9], items[at, 10] = kv_start, kv_end, slot, base
-        items[at, 11], items[at, 12] = n, merge_id
+    else:
+        # Chunks of two widths (a GQA group that is no multiple of the tile's heads): sort the
+        # items themselves, listed in that order.
+        item_piece = np.empty(num_items, dtype=np.int64)
+        item_chunk = np.empty(num_items, dtype=np.int64)
+        item_cost = np.empty(num_items, dtype=np.int64)
+        e = 0
+        for i in range(num_tiles):
+            for h in range(heads):
+                for s in range(tiles[i, _COUNT]):
+                    item_piece[e], item_chunk[e] = first_piece[i] + s, h
+                    item_cost[e] = -piece_cost[first_piece[i] + s] * chunks[h, _NH]
+                    e += 1
+        for e in np.argsort(item_cost, kind="mergesort"):
+            p = item_piece[e]
+            _write_item(items, at, tiles, chunks, piece_tile[p], piece_split[p], item_chunk[e],
+                        slot_base, group_base)
+            at += 1
     return num_items, config[_NUM_Q_HEADS] * tile_rows, heads * split_tiles
+
+
+@_jit
+def _write_item(items, at, tiles, chunks, i, s, h, slot_base, group_base):
+    """Writes item `at`: split s of tile i, head chunk h. The trace fields stay zero (host buffers
+    start zeroed and no plan writes them)."""
+    n, chunk, n_tok = tiles[i, _COUNT], tiles[i, _CHUNK], tiles[i, _N_TOK]
+    kv_start = s * chunk
+    kv_end = tiles[i, _KV_END] if s == n - 1 else kv_start + chunk
+    slot, base, merge_id = -1, 0, 0
+    if n > 1:
+        base = slot_base[i] + n_tok * n * chunks[h, _NH_FIRST]
+        slot = base + s * n_tok * chunks[h, _NH]
+        merge_id = group_base[i] + h
+    # In ITEM_FIELDS order.
+    items[at, 0], items[at, 1], items[at, 2], items[at, 3] = (
+        tiles[i, _REQ], chunks[h, _KV_HEAD], chunks[h, _H0], chunks[h, _NH])
+    items[at, 4], items[at, 5], items[at, 6] = tiles[i, _Q_START], n_tok, tiles[i, _Q_POS0]
+    items[at, 7], items[at, 8], items[at, 9], items[at, 10] = kv_start, kv_end, slot, base
+    items[at, 11], items[at, 12] = n, merge_id
 
 
 @_jit
@@ -355,13 +350,14 @@ def _plan_batch(qsl, seq_len, num_decodes, config, queues, head_chunks, header, 
             continue
         kind = _DECODE if q_len <= decode_tokens else _PREFILL
         tokens = queues[kind, _TOKENS]
+        tiles = queue_tiles[kind]
         for t0 in range(0, q_len, tokens):
-            tile = queue_tiles[kind][filled[kind]]
+            i = filled[kind]
             filled[kind] += 1
-            tile[_REQ], tile[_Q_START] = r, qsl[r] + t0
-            tile[_N_TOK] = min(tokens, q_len - t0)
-            tile[_Q_POS0] = seq_len[r] - q_len + t0
-            tile[_KV_END] = tile[_Q_POS0] + tile[_N_TOK]
+            n_tok = min(tokens, q_len - t0)
+            q_pos0 = seq_len[r] - q_len + t0
+            tiles[i, _REQ], tiles[i, _Q_START], tiles[i, _N_TOK] = r, qsl[r] + t0, n_tok
+            tiles[i, _Q_POS0], tiles[i, _KV_END] = q_pos0, q_pos0 + n_tok
 
     has_chunk = np.zeros(2, dtype=np.bool_)
     for kind in range(2):
