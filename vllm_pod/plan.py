@@ -23,6 +23,7 @@ it from numba's on-disk cache) when it is constructed, so no serving step pays f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numba
@@ -102,7 +103,15 @@ def _work_seconds(tiles, kind, config, num_chunks):
             token_keys += tiles[i, _N_TOK] * tiles[i, _KV_END]
         flops = 4 * config[_NUM_Q_HEADS] * token_keys
         return float(flops) * config[_HEAD_DIM] / PREFILL_FLOPS_PER_CTA_S
-    return float(4 * num_chunks * tiles[:, _KV_END].sum()) * config[_HEAD_DIM] / DECODE_BYTES_PER_CTA_S
+    return float(4 * num_chunks * _total_keys(tiles)) * config[_HEAD_DIM] / DECODE_BYTES_PER_CTA_S
+
+
+@_jit
+def _total_keys(tiles):
+    total = 0
+    for i in range(tiles.shape[0]):
+        total += tiles[i, _KV_END]
+    return total
 
 
 @_jit
@@ -122,7 +131,7 @@ def _count_chunks(tiles, queue):
     n_items = tiles.shape[0] * queue[_NUM_CHUNKS]
     if n_items == 0 or n_items >= target:
         return False
-    total = tiles[:, _KV_END].sum() * queue[_NUM_CHUNKS]
+    total = _total_keys(tiles) * queue[_NUM_CHUNKS]
     chunk = _align_split(max(queue[_MIN_SPLIT_KEYS], -(-total // target)))
     for i in range(tiles.shape[0]):
         pieces = max(1, (tiles[i, _KV_END] + chunk // 2) // chunk)
@@ -160,22 +169,24 @@ def _cost_chunks(queue_tiles, has_chunk, config, queues, head_chunks):
         widest = head_chunks[kind, 0, _NH]
         over = np.zeros(tiles.shape[0], dtype=np.bool_)
         cap = np.zeros(tiles.shape[0], dtype=np.int64)
+        any_over = False
         for i in range(tiles.shape[0]):
             if kind == _PREFILL:
                 key_s = 4 * tiles[i, _N_TOK] * widest * config[_HEAD_DIM] / PREFILL_FLOPS_PER_CTA_S
             else:
                 key_s = 4 * config[_HEAD_DIM] / DECODE_BYTES_PER_CTA_S
-            fits = np.int64(np.floor((target - ITEM_SECONDS - MERGE_SECONDS) / key_s))
+            fits = math.floor((target - ITEM_SECONDS - MERGE_SECONDS) / key_s)
             cap[i] = (fits - (tiles[i, _N_TOK] - 1)) // SPLIT_ALIGN * SPLIT_ALIGN
             if has_chunk[kind] and _split_count(tiles, i, tiles[i, _CHUNK]) > 1:
                 over[i] = tiles[i, _CHUNK] > cap[i]
             else:
                 over[i] = ITEM_SECONDS + tiles[i, _KV_END] * key_s > target
             over[i] &= cap[i] >= SPLIT_ALIGN
-        if over.any():
-            if not has_chunk[kind]:
-                tiles[:, _CHUNK] = tiles[:, _KV_END]
+            any_over |= over[i]
+        if any_over:
             for i in range(tiles.shape[0]):
+                if not has_chunk[kind]:
+                    tiles[i, _CHUNK] = tiles[i, _KV_END]
                 if over[i]:
                     pieces = -(-tiles[i, _KV_END] // cap[i])
                     tiles[i, _CHUNK] = _align_split(-(-tiles[i, _KV_END] // pieces))
@@ -201,15 +212,17 @@ def _fit_capacity(queue_tiles, has_chunk, config, queues):
         if rows_used <= config[_MAX_SPLIT_ROWS] and groups <= config[_MAX_MERGE_GROUPS] \
                 and n_items <= config[_MAX_ITEMS]:
             return n_items, True
-        if not has_chunk.any():
+        if not (has_chunk[_PREFILL] or has_chunk[_DECODE]):
             return n_items, False
         for kind in range(2):
             tiles = queue_tiles[kind]
             if has_chunk[kind]:
-                if tiles[:, _CHUNK].min() >= 1 << 30:
-                    has_chunk[kind] = False
-                else:
-                    tiles[:, _CHUNK] *= 2
+                # Doubling stops where every tile is one piece anyway.
+                smallest = tiles[0, _CHUNK]
+                for i in range(tiles.shape[0]):
+                    smallest = min(smallest, tiles[i, _CHUNK])
+                    tiles[i, _CHUNK] *= 2
+                has_chunk[kind] = smallest < 1 << 30
 
 
 @_jit
@@ -220,7 +233,9 @@ def _write_queue(tiles, chunks, config, items, first_item, rows_used, groups):
     The order is that of a stable sort by cost (keys x rows) of the items listed tile by tile,
     head chunk by head chunk, split by split."""
     heads, num_tiles = chunks.shape[0], tiles.shape[0]
-    num_pieces = tiles[:, _COUNT].sum()
+    num_pieces = 0
+    for i in range(num_tiles):
+        num_pieces += tiles[i, _COUNT]
     if num_pieces == 0:
         return 0, 0, 0
     # Pieces (a tile's KV-splits) tile by tile, with keys x tokens as their cost.
@@ -249,14 +264,13 @@ def _write_queue(tiles, chunks, config, items, first_item, rows_used, groups):
 
     num_items = num_pieces * heads
     at = first_item
-    if (chunks[:, _NH] == chunks[0, _NH]).all():
-        # One chunk width: the order is the pieces' stable order by cost, each piece's items
-        # chunk by chunk, except that pieces of one tile that cost the same are taken chunk by
-        # chunk together. The sort is of unique keys (cost < 2**38, pieces < 2**20), faster
-        # than a stable argsort.
-        order = (piece_cost.max() - piece_cost) * num_pieces + np.arange(num_pieces)
-        order.sort()
-        order %= num_pieces
+    one_width = True
+    for h in range(heads):
+        one_width &= chunks[h, _NH] == chunks[0, _NH]
+    if one_width:
+        # The order is the pieces' stable order by cost, each piece's items chunk by chunk,
+        # except that pieces of one tile that cost the same are taken chunk by chunk together.
+        order = _argsort_descending(piece_cost)
         run = 0
         while run < num_pieces:
             end = run + 1
@@ -280,14 +294,39 @@ def _write_queue(tiles, chunks, config, items, first_item, rows_used, groups):
             for h in range(heads):
                 for s in range(tiles[i, _COUNT]):
                     item_piece[e], item_chunk[e] = first_piece[i] + s, h
-                    item_cost[e] = -piece_cost[first_piece[i] + s] * chunks[h, _NH]
+                    item_cost[e] = piece_cost[first_piece[i] + s] * chunks[h, _NH]
                     e += 1
-        for e in np.argsort(item_cost, kind="mergesort"):
+        for e in _argsort_descending(item_cost):
             p = item_piece[e]
             _write_item(items, at, tiles, chunks, piece_tile[p], piece_split[p], item_chunk[e],
                         slot_base, group_base)
             at += 1
     return num_items, config[_NUM_Q_HEADS] * tile_rows, heads * split_tiles
+
+
+@_jit
+def _argsort_descending(cost):
+    """Indices ordering cost from largest to smallest, ties in index order: a bottom-up merge
+    sort (numba's own sorts add seconds to the compilation)."""
+    n = cost.shape[0]
+    order, merged = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for k in range(n):
+        order[k] = k
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if j == hi or (i < mid and cost[order[i]] >= cost[order[j]]):
+                    merged[k] = order[i]
+                    i += 1
+                else:
+                    merged[k] = order[j]
+                    j += 1
+        order, merged = merged, order
+        width *= 2
+    return order
 
 
 @_jit
@@ -341,7 +380,7 @@ def _plan_batch(qsl, seq_len, num_decodes, config, queues, head_chunks, header, 
     if not decodes_first:
         return _DECODES_NOT_FIRST, 0, 0, 0
 
-    table = np.zeros((num_tiles.sum(), _TILE_COLUMNS), dtype=np.int64)
+    table = np.zeros((num_tiles[_PREFILL] + num_tiles[_DECODE], _TILE_COLUMNS), dtype=np.int64)
     queue_tiles = (table[:num_tiles[_PREFILL]], table[num_tiles[_PREFILL]:])
     filled = np.zeros(2, dtype=np.int64)
     for r in range(num_reqs):
@@ -369,10 +408,10 @@ def _plan_batch(qsl, seq_len, num_decodes, config, queues, head_chunks, header, 
         return _OVER_CAPACITY, n_items, 0, 0
 
     written = np.zeros(2, dtype=np.int64)
-    rows_used = groups = 0
+    rows_used = groups = np.int64(0)  # not literals: one compiled _write_queue
     for kind in range(2):
         chunks = head_chunks[kind, :queues[kind, _NUM_CHUNKS]]
-        n, rows, grps = _write_queue(queue_tiles[kind], chunks, config, items, written.sum(),
+        n, rows, grps = _write_queue(queue_tiles[kind], chunks, config, items, written[_PREFILL],
                                      rows_used, groups)
         written[kind] = n
         rows_used += rows
