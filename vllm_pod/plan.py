@@ -89,6 +89,7 @@ def _align_split(keys):
 
 @_jit
 def _makespan_target(prefill_seconds, decode_seconds, num_sms, ctas_per_sm):
+    """See PodPlanner.makespan_target."""
     if ctas_per_sm == 1:
         return max(prefill_seconds, decode_seconds) / num_sms
     return (prefill_seconds + decode_seconds) / (num_sms * ctas_per_sm)
