@@ -544,9 +544,9 @@ class PodPlanner:
                                     device=self.device)
         self.workspace = torch.empty(self.max_split_rows * (head_dim + 1), dtype=torch.float32,
                                      device=self.device)
-        # Compiles _plan_batch (or loads it from numba's cache) on a two-request batch whose plan
-        # the first real one overwrites.
-        self._plan_into(0, np.array([0, 1, 3], dtype=np.int32), np.array([5, 7], dtype=np.int32), 1)
+        # Compiles _plan_batch (or loads it from numba's cache) on one decode, which fits any
+        # capacity, into a host buffer that the first real plan overwrites.
+        self._plan_into(0, np.array([0, 1], dtype=np.int32), np.array([1], dtype=np.int32), 1)
 
     def makespan_target(self, prefill_seconds: float, decode_seconds: float) -> float:
         """The time no schedule of the batch beats, from each kind's estimated CTA-seconds.
