@@ -278,11 +278,11 @@ def _write_queue(tiles, chunks, config, items, first_item, rows_used, groups):
             while end < num_pieces and piece_cost[order[end]] == piece_cost[order[run]] \
                     and piece_tile[order[end]] == piece_tile[order[run]]:
                 end += 1
-            for h in range(heads):
-                for r in range(run, end):
-                    _write_item(items, at, tiles, chunks, piece_tile[order[r]],
-                                piece_split[order[r]], h, slot_base, group_base)
-                    at += 1
+            for r in range(run, end):
+                p = order[r]
+                _write_items(items, at + r - run, end - run, tiles, chunks, piece_tile[p],
+                             piece_split[p], 0, heads, slot_base, group_base)
+            at += (end - run) * heads
             run = end
     else:
         # Chunks of two widths (a GQA group that is no multiple of the tile's heads): sort the
@@ -298,9 +298,9 @@ def _write_queue(tiles, chunks, config, items, first_item, rows_used, groups):
                     item_cost[e] = piece_cost[first_piece[i] + s] * chunks[h, _NH]
                     e += 1
         for e in _argsort_descending(item_cost):
-            p = item_piece[e]
-            _write_item(items, at, tiles, chunks, piece_tile[p], piece_split[p], item_chunk[e],
-                        slot_base, group_base)
+            p, h = item_piece[e], item_chunk[e]
+            _write_items(items, at, 1, tiles, chunks, piece_tile[p], piece_split[p], h, h + 1,
+                         slot_base, group_base)
             at += 1
     return num_items, config[_NUM_Q_HEADS] * tile_rows, heads * split_tiles
 
@@ -331,23 +331,28 @@ def _argsort_descending(cost):
 
 
 @_jit
-def _write_item(items, at, tiles, chunks, i, s, h, slot_base, group_base):
-    """Writes item `at`: split s of tile i, head chunk h. The trace fields stay zero (host buffers
-    start zeroed and no plan writes them)."""
+def _write_items(items, at, stride, tiles, chunks, i, s, first_chunk, end_chunk, slot_base,
+                 group_base):
+    """Writes split s of tile i with head chunks first_chunk..end_chunk-1 as items at,
+    at + stride, ... The trace fields stay zero (host buffers start zeroed and no plan writes
+    them)."""
     n, chunk, n_tok = tiles[i, _COUNT], tiles[i, _CHUNK], tiles[i, _N_TOK]
+    req, q_start, q_pos0 = tiles[i, _REQ], tiles[i, _Q_START], tiles[i, _Q_POS0]
     kv_start = s * chunk
     kv_end = tiles[i, _KV_END] if s == n - 1 else kv_start + chunk
-    slot, base, merge_id = -1, 0, 0
-    if n > 1:
-        base = slot_base[i] + n_tok * n * chunks[h, _NH_FIRST]
-        slot = base + s * n_tok * chunks[h, _NH]
-        merge_id = group_base[i] + h
-    # In ITEM_FIELDS order.
-    items[at, 0], items[at, 1], items[at, 2], items[at, 3] = (
-        tiles[i, _REQ], chunks[h, _KV_HEAD], chunks[h, _H0], chunks[h, _NH])
-    items[at, 4], items[at, 5], items[at, 6] = tiles[i, _Q_START], n_tok, tiles[i, _Q_POS0]
-    items[at, 7], items[at, 8], items[at, 9], items[at, 10] = kv_start, kv_end, slot, base
-    items[at, 11], items[at, 12] = n, merge_id
+    for h in range(first_chunk, end_chunk):
+        slot, base, merge_id = -1, 0, 0
+        if n > 1:
+            base = slot_base[i] + n_tok * n * chunks[h, _NH_FIRST]
+            slot = base + s * n_tok * chunks[h, _NH]
+            merge_id = group_base[i] + h
+        # In ITEM_FIELDS order.
+        items[at, 0], items[at, 1], items[at, 2], items[at, 3] = (
+            req, chunks[h, _KV_HEAD], chunks[h, _H0], chunks[h, _NH])
+        items[at, 4], items[at, 5], items[at, 6] = q_start, n_tok, q_pos0
+        items[at, 7], items[at, 8], items[at, 9], items[at, 10] = kv_start, kv_end, slot, base
+        items[at, 11], items[at, 12] = n, merge_id
+        at += stride
 
 
 @_jit
