@@ -50,7 +50,7 @@ setup(
     description="POD-Attention (fused prefill+decode attention) as a vLLM attention backend",
     packages=find_packages(include=["vllm_pod", "vllm_pod.*"]),
     python_requires=">=3.10",
-    install_requires=["numpy"],
+    install_requires=["numpy", "numba"],  # numba: the planner core (vLLM depends on it too)
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},
     entry_points={"vllm.general_plugins": ["pod = vllm_pod:register"]},

@@ -1,7 +1,8 @@
 """The planning rules of vllm_pod/plan.py written out item by item in plain Python loops.
 
-PodPlanner builds its plans with vectorised numpy; this module states the same rules one request,
-tile, KV head and split at a time, so that tests can compare the two on many random batches.
+PodPlanner builds its plans in one compiled loop over tiles and their KV-split pieces; this
+module states the same rules one request, tile, KV head and split at a time, so that tests can
+compare the two on many random batches.
 It reads the planner's configuration (heads, tile rows, split targets, buffer capacities) and
 constants, never its methods.
 """

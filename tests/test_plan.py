@@ -1,6 +1,10 @@
 """The planner on the CPU: invariants the kernel relies on, and a float64 execution of the plan's
 work items (splits merged as the kernel merges them) that must equal the reference."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -246,7 +250,7 @@ def random_planner(rng, **options):
 
 @pytest.mark.parametrize("cost_splits", [False, True])
 def test_planner_equals_item_by_item_reference(cost_splits):
-    """The vectorised planner writes exactly the plan that the rules give item by item, on random
+    """The compiled planner writes exactly the plan that the rules give item by item, on random
     batches and planner shapes (uneven head chunks, split ties, buffers small enough to coarsen)."""
     rng = np.random.default_rng(14 + cost_splits)
     compared = 0
@@ -354,3 +358,26 @@ def test_cost_split_plans_execute_to_reference(ctas_per_sm):
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
                               b.query_start_loc, b.seq_lens, b.scale)
     torch.testing.assert_close(out[:n_tokens].float(), ref[:n_tokens], atol=1e-5, rtol=1e-5)
+
+
+def test_planning_never_compiles_after_construction():
+    """A planner compiles its core (or loads it from numba's cache) when it is constructed, so
+    that no serving step pays for compilation: planning afterwards, from vLLM's int32 host
+    lengths or from int64 ones, adds no compiled signature. In a fresh process, where no other
+    planner compiled it first."""
+    code = """
+import torch
+from vllm_pod.plan import PodPlanner, _plan_batch
+planner = PodPlanner(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, num_sms=132,
+                     ctas_per_sm=2, max_num_reqs=256, max_num_tokens=8192, device="cpu")
+compiled = set(_plan_batch.signatures)
+assert compiled, "constructing the planner compiled nothing"
+for dtype in (torch.int32, torch.int64):
+    planner.plan(torch.tensor([0, 1, 2, 300], dtype=dtype), torch.tensor([40, 9, 700], dtype=dtype),
+                 num_decodes=2)
+assert set(_plan_batch.signatures) == compiled, f"planning compiled {_plan_batch.signatures}"
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

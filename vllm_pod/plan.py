@@ -1,4 +1,4 @@
-"""Batch planning for the fused POD kernel: plain Python/numpy, testable on a CPU.
+"""Batch planning for the fused POD kernel, testable on a CPU.
 
 A plan cuts a hybrid batch into work items, each a tile of query rows (tokens x query heads of one
 KV head's GQA group) against a range of that request's keys:
@@ -15,15 +15,18 @@ KV head's GQA group) against a range of that request's keys:
 
 The layout written here is read by csrc/pod/params.cuh (keep the two in step).
 
-Planning runs on the host once per step, so it is written for host time: the work is computed per
-tile (a request's rows) and per KV-split piece, and expanded over the KV heads only when the items
-are written, straight into a pinned host buffer that one asynchronous copy sends to the device.
+Planning runs on the host once per step, so its core, _plan_batch, is one loop compiled by numba
+(a dependency of vLLM): it reads the host lengths and writes the header and items straight into a
+pinned host buffer that one asynchronous copy sends to the device. A planner compiles it (or loads
+it from numba's on-disk cache) when it is constructed, so no serving step pays for compilation.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -58,12 +61,381 @@ DECODE_BYTES_PER_CTA_S = 20e9     # K/V bytes (4 x keys x head_dim: fp16/bf16 K 
 ITEM_SECONDS = 8e-6               # an item's fixed cost (claim, prologue, epilogue; trace fit)
 MERGE_SECONDS = 30e-6             # what the piece that ends a KV-split group adds by merging it
 
-_F = {name: i for i, name in enumerate(ITEM_FIELDS)}
+
+# The planner's geometry as _plan_batch reads it. PodPlanner._config: int64 slots
+(_NUM_Q_HEADS, _HEAD_DIM, _NUM_SMS, _CTAS_PER_SM, _MIN_DECODE_SLOTS, _COST_SPLITS, _MAX_ITEMS,
+ _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS, _NUM_CONFIG) = range(10)
+# PodPlanner._queues: one row per tile kind, in plan order (prefill items first)
+_PREFILL, _DECODE = 0, 1
+(_TOKENS, _SPLIT_TARGET, _MIN_SPLIT_KEYS, _NUM_CHUNKS, _NUM_QUEUE) = range(5)
+# PodPlanner._head_chunks[kind, chunk]: a KV head's GQA group cut to the tile's rows, in item
+# order (KV head, then h0); nh_first counts the query heads of all chunks before it (its rows'
+# offset in a tile's workspace).
+_KV_HEAD, _H0, _NH, _NH_FIRST = range(4)
+# _plan_batch's tile table, one row per tile: request, first token, tokens, position of the first,
+# keys (to its last token), keys per KV-split and number of splits.
+_REQ, _Q_START, _N_TOK, _Q_POS0, _KV_END, _CHUNK, _COUNT, _TILE_COLUMNS = range(8)
+# _plan_batch's status
+_OK, _BAD_LENGTHS, _DECODES_NOT_FIRST, _OVER_CAPACITY = range(4)
+
+_jit = numba.njit(cache=True, nogil=True)
 
 
+@_jit
 def _align_split(keys):
-    """keys rounded up to a multiple of SPLIT_ALIGN (an int or an array)."""
+    """keys rounded up to a multiple of SPLIT_ALIGN."""
     return -(-keys // SPLIT_ALIGN) * SPLIT_ALIGN
+
+
+@_jit
+def _makespan_target(prefill_seconds, decode_seconds, num_sms, ctas_per_sm):
+    """See PodPlanner.makespan_target."""
+    if ctas_per_sm == 1:
+        return max(prefill_seconds, decode_seconds) / num_sms
+    return (prefill_seconds + decode_seconds) / (num_sms * ctas_per_sm)
+
+
+@_jit
+def _work_seconds(tiles, kind, config, num_chunks):
+    """CTA-seconds of a queue's attention work, split or not (a tile's pieces cover its keys once)."""
+    if kind == _PREFILL:
+        token_keys = 0
+        for i in range(tiles.shape[0]):
+            token_keys += tiles[i, _N_TOK] * tiles[i, _KV_END]
+        flops = 4 * config[_NUM_Q_HEADS] * token_keys
+        return float(flops) * config[_HEAD_DIM] / PREFILL_FLOPS_PER_CTA_S
+    return float(4 * num_chunks * _total_keys(tiles)) * config[_HEAD_DIM] / DECODE_BYTES_PER_CTA_S
+
+
+@_jit
+def _total_keys(tiles):
+    total = 0
+    for i in range(tiles.shape[0]):
+        total += tiles[i, _KV_END]
+    return total
+
+
+@_jit
+def _split_count(tiles, i, chunk):
+    # Split boundaries s*chunk must not pass the tile's first position, so every row of the tile
+    # sees at least one key in every split (no empty softmax rows to merge).
+    return max(1, min(-(-tiles[i, _KV_END] // chunk), 1 + tiles[i, _Q_POS0] // chunk))
+
+
+@_jit
+def _count_chunks(tiles, queue):
+    """Sets each tile's keys per KV-split by the item-count rule; False when the queue has enough
+    items unsplit. Each tile is cut into even pieces of about the queue's chunk: a short last
+    piece would pay a whole partial write and merge for a few keys (a 12480-key tile cut at 12416
+    did)."""
+    target = queue[_SPLIT_TARGET]
+    n_items = tiles.shape[0] * queue[_NUM_CHUNKS]
+    if n_items == 0 or n_items >= target:
+        return False
+    total = _total_keys(tiles) * queue[_NUM_CHUNKS]
+    chunk = _align_split(max(queue[_MIN_SPLIT_KEYS], -(-total // target)))
+    for i in range(tiles.shape[0]):
+        pieces = max(1, (tiles[i, _KV_END] + chunk // 2) // chunk)
+        tiles[i, _CHUNK] = _align_split(-(-tiles[i, _KV_END] // pieces))
+    return True
+
+
+@_jit
+def _cost_chunks(queue_tiles, has_chunk, config, queues, head_chunks):
+    """Tightens the chunks so that no item's estimated time exceeds the makespan target.
+
+    The target comes from the plan of the item-count rule; further cuts only add fixed costs, so
+    it stays a lower bound of the final plan's and the order of the cuts does not matter. A tile
+    over it is cut into even pieces of at most `cap` keys, the most whose piece (fixed cost and
+    merge included, and the up to n_tok - 1 keys more that a last piece may get when the causal
+    rule stops the cuts early) fits the target. A tile for which not even a SPLIT_ALIGN-key piece
+    would fit is left as it is."""
+    seconds = np.zeros(2)
+    for kind in range(2):
+        tiles, heads = queue_tiles[kind], queues[kind, _NUM_CHUNKS]
+        n_pieces, n_split = tiles.shape[0], 0
+        if has_chunk[kind]:
+            n_pieces = 0
+            for i in range(tiles.shape[0]):
+                n = _split_count(tiles, i, tiles[i, _CHUNK])
+                n_pieces += n
+                n_split += n > 1
+        seconds[kind] = (ITEM_SECONDS * (heads * n_pieces) + MERGE_SECONDS * (heads * n_split)
+                         + _work_seconds(tiles, kind, config, heads))
+    target = _makespan_target(seconds[_PREFILL], seconds[_DECODE], config[_NUM_SMS],
+                              config[_CTAS_PER_SM])
+    for kind in range(2):
+        tiles = queue_tiles[kind]
+        # Seconds one key adds to an item of each tile (its widest head chunk).
+        widest = head_chunks[kind, 0, _NH]
+        over = np.zeros(tiles.shape[0], dtype=np.bool_)
+        cap = np.zeros(tiles.shape[0], dtype=np.int64)
+        any_over = False
+        for i in range(tiles.shape[0]):
+            if kind == _PREFILL:
+                key_s = 4 * tiles[i, _N_TOK] * widest * config[_HEAD_DIM] / PREFILL_FLOPS_PER_CTA_S
+            else:
+                key_s = 4 * config[_HEAD_DIM] / DECODE_BYTES_PER_CTA_S
+            fits = math.floor((target - ITEM_SECONDS - MERGE_SECONDS) / key_s)
+            cap[i] = (fits - (tiles[i, _N_TOK] - 1)) // SPLIT_ALIGN * SPLIT_ALIGN
+            if has_chunk[kind] and _split_count(tiles, i, tiles[i, _CHUNK]) > 1:
+                over[i] = tiles[i, _CHUNK] > cap[i]
+            else:
+                over[i] = ITEM_SECONDS + tiles[i, _KV_END] * key_s > target
+            over[i] &= cap[i] >= SPLIT_ALIGN
+            any_over |= over[i]
+        if any_over:
+            for i in range(tiles.shape[0]):
+                if not has_chunk[kind]:
+                    tiles[i, _CHUNK] = tiles[i, _KV_END]
+                if over[i]:
+                    pieces = -(-tiles[i, _KV_END] // cap[i])
+                    tiles[i, _CHUNK] = _align_split(-(-tiles[i, _KV_END] // pieces))
+            has_chunk[kind] = True
+
+
+@_jit
+def _fit_capacity(queue_tiles, has_chunk, config, queues):
+    """Sets each tile's split count (1: unsplit queue) so that the plan fits the persistent
+    buffers: coarser splits while it does not, unsplit at the limit. Returns the plan's item count
+    and whether it fits."""
+    while True:
+        n_items = rows_used = groups = 0
+        for kind in range(2):
+            tiles, heads = queue_tiles[kind], queues[kind, _NUM_CHUNKS]
+            for i in range(tiles.shape[0]):
+                n = _split_count(tiles, i, tiles[i, _CHUNK]) if has_chunk[kind] else 1
+                tiles[i, _COUNT] = n
+                n_items += heads * n
+                if n > 1:
+                    groups += heads
+                    rows_used += config[_NUM_Q_HEADS] * tiles[i, _N_TOK] * n
+        if rows_used <= config[_MAX_SPLIT_ROWS] and groups <= config[_MAX_MERGE_GROUPS] \
+                and n_items <= config[_MAX_ITEMS]:
+            return n_items, True
+        if not (has_chunk[_PREFILL] or has_chunk[_DECODE]):
+            return n_items, False
+        for kind in range(2):
+            tiles = queue_tiles[kind]
+            if has_chunk[kind]:
+                # Doubling stops where every tile is one piece anyway.
+                smallest = tiles[0, _CHUNK]
+                for i in range(tiles.shape[0]):
+                    smallest = min(smallest, tiles[i, _CHUNK])
+                    tiles[i, _CHUNK] *= 2
+                has_chunk[kind] = smallest < 1 << 30
+
+
+@_jit
+def _write_queue(tiles, chunks, config, items, first_item, rows_used, groups):
+    """Writes a queue's items into items[first_item:], longest first, and returns (items,
+    workspace rows, merge groups) it used. rows_used/groups: those taken by earlier queues.
+
+    The order is that of a stable sort by cost (keys x rows) of the items listed tile by tile,
+    head chunk by head chunk, split by split."""
+    heads, num_tiles = chunks.shape[0], tiles.shape[0]
+    num_pieces = 0
+    for i in range(num_tiles):
+        num_pieces += tiles[i, _COUNT]
+    if num_pieces == 0:
+        return 0, 0, 0
+    # Pieces (a tile's KV-splits) tile by tile, with keys x tokens as their cost.
+    piece_tile = np.empty(num_pieces, dtype=np.int64)
+    piece_split = np.empty(num_pieces, dtype=np.int64)
+    piece_cost = np.empty(num_pieces, dtype=np.int64)
+    # Per tile: its first piece; for a split tile, where its merge groups and workspace rows begin.
+    first_piece = np.empty(num_tiles, dtype=np.int64)
+    group_base = np.zeros(num_tiles, dtype=np.int64)
+    slot_base = np.zeros(num_tiles, dtype=np.int64)
+    p = tile_rows = split_tiles = 0
+    for i in range(num_tiles):
+        n, chunk = tiles[i, _COUNT], tiles[i, _CHUNK]
+        first_piece[i] = p
+        for s in range(n):
+            keys = (tiles[i, _KV_END] - s * chunk) if s == n - 1 else chunk
+            piece_tile[p], piece_split[p], piece_cost[p] = i, s, keys * tiles[i, _N_TOK]
+            p += 1
+        if n > 1:
+            # Each (tile, head chunk) is a merge group with consecutive workspace rows for its
+            # pieces; groups are numbered and placed in the unsorted item order.
+            slot_base[i] = rows_used + config[_NUM_Q_HEADS] * tile_rows
+            group_base[i] = groups + heads * split_tiles
+            tile_rows += tiles[i, _N_TOK] * n  # per query head
+            split_tiles += 1
+
+    num_items = num_pieces * heads
+    at = first_item
+    one_width = True
+    for h in range(heads):
+        one_width &= chunks[h, _NH] == chunks[0, _NH]
+    if one_width:
+        # The order is the pieces' stable order by cost, each piece's items chunk by chunk,
+        # except that pieces of one tile that cost the same are taken chunk by chunk together.
+        order = _argsort_descending(piece_cost)
+        run = 0
+        while run < num_pieces:
+            end = run + 1
+            while end < num_pieces and piece_cost[order[end]] == piece_cost[order[run]] \
+                    and piece_tile[order[end]] == piece_tile[order[run]]:
+                end += 1
+            for r in range(run, end):
+                p = order[r]
+                _write_items(items, at + r - run, end - run, tiles, chunks, piece_tile[p],
+                             piece_split[p], 0, heads, slot_base, group_base)
+            at += (end - run) * heads
+            run = end
+    else:
+        # Chunks of two widths (a GQA group that is no multiple of the tile's heads): sort the
+        # items themselves, listed in that order.
+        item_piece = np.empty(num_items, dtype=np.int64)
+        item_chunk = np.empty(num_items, dtype=np.int64)
+        item_cost = np.empty(num_items, dtype=np.int64)
+        e = 0
+        for i in range(num_tiles):
+            for h in range(heads):
+                for s in range(tiles[i, _COUNT]):
+                    item_piece[e], item_chunk[e] = first_piece[i] + s, h
+                    item_cost[e] = piece_cost[first_piece[i] + s] * chunks[h, _NH]
+                    e += 1
+        for e in _argsort_descending(item_cost):
+            p, h = item_piece[e], item_chunk[e]
+            _write_items(items, at, 1, tiles, chunks, piece_tile[p], piece_split[p], h, h + 1,
+                         slot_base, group_base)
+            at += 1
+    return num_items, config[_NUM_Q_HEADS] * tile_rows, heads * split_tiles
+
+
+@_jit
+def _argsort_descending(cost):
+    """Indices ordering cost from largest to smallest, ties in index order: a bottom-up merge
+    sort (numba's own sorts add seconds to the compilation)."""
+    n = cost.shape[0]
+    order, merged = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for k in range(n):
+        order[k] = k
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if j == hi or (i < mid and cost[order[i]] >= cost[order[j]]):
+                    merged[k] = order[i]
+                    i += 1
+                else:
+                    merged[k] = order[j]
+                    j += 1
+        order, merged = merged, order
+        width *= 2
+    return order
+
+
+@_jit
+def _write_items(items, at, stride, tiles, chunks, i, s, first_chunk, end_chunk, slot_base,
+                 group_base):
+    """Writes split s of tile i with head chunks first_chunk..end_chunk-1 as items at,
+    at + stride, ... The trace fields stay zero (host buffers start zeroed and no plan writes
+    them)."""
+    n, chunk, n_tok = tiles[i, _COUNT], tiles[i, _CHUNK], tiles[i, _N_TOK]
+    req, q_start, q_pos0 = tiles[i, _REQ], tiles[i, _Q_START], tiles[i, _Q_POS0]
+    kv_start = s * chunk
+    kv_end = tiles[i, _KV_END] if s == n - 1 else kv_start + chunk
+    for h in range(first_chunk, end_chunk):
+        slot, base, merge_id = -1, 0, 0
+        if n > 1:
+            base = slot_base[i] + n_tok * n * chunks[h, _NH_FIRST]
+            slot = base + s * n_tok * chunks[h, _NH]
+            merge_id = group_base[i] + h
+        # In ITEM_FIELDS order.
+        items[at, 0], items[at, 1], items[at, 2], items[at, 3] = (
+            req, chunks[h, _KV_HEAD], chunks[h, _H0], chunks[h, _NH])
+        items[at, 4], items[at, 5], items[at, 6] = q_start, n_tok, q_pos0
+        items[at, 7], items[at, 8], items[at, 9], items[at, 10] = kv_start, kv_end, slot, base
+        items[at, 11], items[at, 12] = n, merge_id
+        at += stride
+
+
+@_jit
+def _plan_batch(qsl, seq_len, num_decodes, config, queues, head_chunks, header, items):
+    """Plans one batch into a host buffer that csrc/pod/params.cuh reads: header (its
+    PLAN_HEADER_INTS int32) and items ([max items, ITEM_INTS] int32, its rest).
+
+    qsl [num_reqs + 1] and seq_len [num_reqs] are the host lengths; num_decodes, the requests
+    vLLM placed first as decodes (checked; -1: unknown). config, queues and head_chunks are the
+    planner's geometry (the slots named above). Returns (status, prefill items, decode items,
+    decode slots per SM); the buffer is written only with status _OK, and with _OVER_CAPACITY
+    the second value is the item count that did not fit.
+
+    The steps: tiles of each request's query (decode tiles where the query fits one, prefill tiles
+    otherwise); per queue, each tile's KV-split chunk by the item-count rule, tightened by the cost
+    rule with cost_splits, and coarsened until the plan fits the buffers; each queue's items,
+    longest first; the CTAs per SM that start on decode work, from the kinds' work.
+    """
+    num_reqs = seq_len.shape[0]
+    decode_tokens = queues[_DECODE, _TOKENS]
+    num_tiles = np.zeros(2, dtype=np.int64)
+    decodes_first = True
+    for r in range(num_reqs):
+        q_len = np.int64(qsl[r + 1]) - qsl[r]
+        if q_len < 0 or q_len > seq_len[r]:
+            return _BAD_LENGTHS, 0, 0, 0
+        decodes_first = decodes_first and (r >= num_decodes or q_len <= decode_tokens)
+        if q_len > 0:
+            kind = _DECODE if q_len <= decode_tokens else _PREFILL
+            num_tiles[kind] += -(-q_len // queues[kind, _TOKENS])
+    if not decodes_first:
+        return _DECODES_NOT_FIRST, 0, 0, 0
+
+    table = np.zeros((num_tiles[_PREFILL] + num_tiles[_DECODE], _TILE_COLUMNS), dtype=np.int64)
+    queue_tiles = (table[:num_tiles[_PREFILL]], table[num_tiles[_PREFILL]:])
+    filled = np.zeros(2, dtype=np.int64)
+    for r in range(num_reqs):
+        q_len = np.int64(qsl[r + 1]) - qsl[r]
+        if q_len == 0:
+            continue
+        kind = _DECODE if q_len <= decode_tokens else _PREFILL
+        tokens = queues[kind, _TOKENS]
+        tiles = queue_tiles[kind]
+        for t0 in range(0, q_len, tokens):
+            i = filled[kind]
+            filled[kind] += 1
+            n_tok = min(tokens, q_len - t0)
+            q_pos0 = seq_len[r] - q_len + t0
+            tiles[i, _REQ], tiles[i, _Q_START], tiles[i, _N_TOK] = r, qsl[r] + t0, n_tok
+            tiles[i, _Q_POS0], tiles[i, _KV_END] = q_pos0, q_pos0 + n_tok
+
+    has_chunk = np.zeros(2, dtype=np.bool_)
+    for kind in range(2):
+        has_chunk[kind] = _count_chunks(queue_tiles[kind], queues[kind])
+    if config[_COST_SPLITS]:
+        _cost_chunks(queue_tiles, has_chunk, config, queues, head_chunks)
+    n_items, fits = _fit_capacity(queue_tiles, has_chunk, config, queues)
+    if not fits:
+        return _OVER_CAPACITY, n_items, 0, 0
+
+    written = np.zeros(2, dtype=np.int64)
+    rows_used = groups = np.int64(0)  # not literals: one compiled _write_queue
+    for kind in range(2):
+        chunks = head_chunks[kind, :queues[kind, _NUM_CHUNKS]]
+        n, rows, grps = _write_queue(queue_tiles[kind], chunks, config, items, written[_PREFILL],
+                                     rows_used, groups)
+        written[kind] = n
+        rows_used += rows
+        groups += grps
+
+    n_prefill, n_decode = written[_PREFILL], written[_DECODE]
+    ctas = config[_CTAS_PER_SM]
+    if n_decode == 0:
+        decode_slots = 0
+    elif n_prefill == 0 or ctas == 1:
+        decode_slots = ctas
+    else:
+        t_prefill = _work_seconds(queue_tiles[_PREFILL], _PREFILL, config, queues[_PREFILL, _NUM_CHUNKS])
+        t_decode = _work_seconds(queue_tiles[_DECODE], _DECODE, config, queues[_DECODE, _NUM_CHUNKS])
+        share = t_decode / (t_prefill + t_decode)
+        decode_slots = min(ctas - 1, max(config[_MIN_DECODE_SLOTS], round(share * ctas)))
+    header[0], header[1], header[2] = n_prefill, n_decode, decode_slots
+    return _OK, n_prefill, n_decode, decode_slots
 
 
 @dataclass
@@ -88,46 +460,6 @@ class PodPlan:
         n = self.num_prefill_items + self.num_decode_items
         items = self.buffer[PLAN_HEADER_INTS:PLAN_HEADER_INTS + n * ITEM_INTS]
         return items.to("cpu", copy=True).numpy().reshape(n, ITEM_INTS)
-
-
-@dataclass(frozen=True)
-class _Queue:
-    """One tile kind's geometry: its items are every tile of its requests times every head chunk
-    (a KV head's GQA group cut to the tile's rows)."""
-
-    kind: str
-    rows: int               # query rows of the tile
-    tokens: int             # tokens per tile
-    nh: np.ndarray          # [H] query heads of each head chunk, in item order
-    nh_first: np.ndarray    # [H] query heads of the chunks before it (its rows' offset in a group)
-    head_rows: np.ndarray   # [H * ITEM_INTS] int32: each chunk's kv_head, h0, nh in place, else 0
-
-
-# Item fields that come from the tile, in _Tiles.table's column order.
-_TILE_FIELDS = [_F[name] for name in ("req", "q_start", "n_tok", "q_pos0", "kv_end")]
-# An unsplit piece before its tile's fields are filled in.
-_PIECE_ROW = np.zeros(ITEM_INTS, dtype=np.int32)
-_PIECE_ROW[[_F["slot"], _F["num_splits"]]] = (-1, 1)
-
-
-@dataclass
-class _Tiles:
-    """Per tile of one queue (request order, then token order): req, q_start, n_tok, q_pos0 and
-    kv_end (= q_pos0 + n_tok) as int64 columns."""
-
-    table: np.ndarray
-
-    @property
-    def n_tok(self) -> np.ndarray:
-        return self.table[:, 2]
-
-    @property
-    def q_pos0(self) -> np.ndarray:
-        return self.table[:, 3]
-
-    @property
-    def kv_end(self) -> np.ndarray:
-        return self.table[:, 4]
 
 
 class PodPlanner:
@@ -157,14 +489,23 @@ class PodPlanner:
         self.device = torch.device(device)
         self.min_decode_slots = min_decode_slots
         self.cost_splits = bool(cost_splits)
-
         self.prefill_rows = prefill_rows or DEFAULT_PREFILL_TILE_ROWS
-        self._queues = {kind: self._queue(kind, rows) for kind, rows in
-                        (("prefill", self.prefill_rows), ("decode", DECODE_TILE_ROWS))}
+
+        # Each kind's head chunks: every KV head's GQA group cut to the tile's rows.
+        tile_rows = {"prefill": self.prefill_rows, "decode": DECODE_TILE_ROWS}
+        chunks = {}
+        for kind, rows in tile_rows.items():
+            nh_max = min(self.group, rows)
+            h0 = np.arange(0, self.group, nh_max)
+            nh = np.tile(np.minimum(nh_max, self.group - h0), num_kv_heads)
+            chunks[kind] = np.stack([np.repeat(np.arange(num_kv_heads), len(h0)),
+                                     np.tile(h0, num_kv_heads), nh, np.cumsum(nh) - nh], axis=1)
+        tokens = {kind: rows // chunks[kind][0, _NH] for kind, rows in tile_rows.items()}
+
         slots = num_sms * ctas_per_sm
         # Unsplit items: every request's tiles; the worst case has the most partial tiles.
-        base = sum((max_num_tokens // q.tokens + max_num_reqs) * len(q.nh)
-                   for q in self._queues.values())
+        base = sum((max_num_tokens // tokens[kind] + max_num_reqs) * len(chunks[kind])
+                   for kind in tile_rows)
         # Splitting happens only while a kind has fewer items than its target (at most 2 per slot),
         # so it adds at most that many pieces again. Cost splits cut only items over the makespan
         # target, fewer than one per CTA slot (per role with one CTA per SM): room for two pieces
@@ -178,46 +519,39 @@ class PodPlanner:
         self.max_split_rows = 2 * split_target * self.prefill_rows
         self.max_merge_groups = split_target
 
+        # The geometry as _plan_batch reads it.
+        config = np.zeros(_NUM_CONFIG, dtype=np.int64)
+        config[[_NUM_Q_HEADS, _HEAD_DIM, _NUM_SMS, _CTAS_PER_SM, _MIN_DECODE_SLOTS, _COST_SPLITS,
+                _MAX_ITEMS, _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS]] = (
+            num_q_heads, head_dim, num_sms, ctas_per_sm, min_decode_slots, self.cost_splits,
+            self.max_items, self.max_split_rows, self.max_merge_groups)
+        self._config = config
+        self._queues = np.zeros((2, _NUM_QUEUE), dtype=np.int64)
+        self._head_chunks = np.zeros((2, max(len(c) for c in chunks.values()), 4), dtype=np.int64)
+        for kind, row in (("prefill", _PREFILL), ("decode", _DECODE)):
+            self._queues[row, [_TOKENS, _SPLIT_TARGET, _MIN_SPLIT_KEYS, _NUM_CHUNKS]] = (
+                tokens[kind], self.split_targets[kind], MIN_SPLIT_KEYS[kind], len(chunks[kind]))
+            self._head_chunks[row, :len(chunks[kind])] = chunks[kind]
+
         n_ints = PLAN_HEADER_INTS + self.max_items * ITEM_INTS
         # Two pinned host buffers, used in turn: one may still be copying while the next plan is
-        # written into the other. Items needing a reorder are laid out in _scratch first.
+        # written into the other.
         cuda = self.device.type == "cuda"
         self._host = [torch.zeros(n_ints, dtype=torch.int32, pin_memory=cuda) for _ in range(2)]
         self._host_np = [h.numpy() for h in self._host]
+        # Each buffer as (header, items) for _plan_batch; 2-D items index faster than a flat view.
+        self._host_parts = [(h[:PLAN_HEADER_INTS], h[PLAN_HEADER_INTS:].reshape(-1, ITEM_INTS))
+                            for h in self._host_np]
         self._copied = [torch.cuda.Event() for _ in range(2)] if cuda else None
         self._turn = 0
-        self._scratch = np.zeros(self.max_items * ITEM_INTS, dtype=np.int32)
         self.buffer = torch.zeros(n_ints, dtype=torch.int32, device=self.device)
         self.counters = torch.zeros(COUNTER_MERGE_BASE + self.max_merge_groups, dtype=torch.int32,
                                     device=self.device)
         self.workspace = torch.empty(self.max_split_rows * (head_dim + 1), dtype=torch.float32,
                                      device=self.device)
-
-    def _queue(self, kind: str, rows: int) -> _Queue:
-        nh_max = min(self.group, rows)
-        h0 = np.arange(0, self.group, nh_max)
-        nh = np.tile(np.minimum(nh_max, self.group - h0), self.num_kv_heads)
-        heads = np.zeros((len(nh), ITEM_INTS), dtype=np.int32)
-        heads[:, _F["kv_head"]] = np.repeat(np.arange(self.num_kv_heads), len(h0))
-        heads[:, _F["h0"]] = np.tile(h0, self.num_kv_heads)
-        heads[:, _F["nh"]] = nh
-        return _Queue(kind=kind, rows=rows, tokens=rows // nh_max, nh=nh,
-                      nh_first=np.cumsum(nh) - nh, head_rows=heads.reshape(-1))
-
-    # -- cost model -------------------------------------------------------------------------------
-    def _work_seconds(self, q: _Queue, t: _Tiles) -> float:
-        """CTA-seconds of the queue's attention work, split or not (the pieces of a tile together
-        cover its keys once)."""
-        if q.kind == "prefill":
-            flops = 4 * self.num_q_heads * int(np.dot(t.n_tok, t.kv_end))
-            return float(flops) * self.head_dim / PREFILL_FLOPS_PER_CTA_S
-        return float(4 * len(q.nh) * int(t.kv_end.sum())) * self.head_dim / DECODE_BYTES_PER_CTA_S
-
-    def _key_seconds(self, q: _Queue, t: _Tiles):
-        """Seconds one key adds to an item of each tile (its widest head chunk)."""
-        if q.kind == "prefill":
-            return 4 * t.n_tok * int(q.nh.max()) * self.head_dim / PREFILL_FLOPS_PER_CTA_S
-        return 4 * self.head_dim / DECODE_BYTES_PER_CTA_S
+        # Compiles _plan_batch (or loads it from numba's cache) on one decode, which fits any
+        # capacity, into a host buffer that the first real plan overwrites.
+        self._plan_into(0, np.array([0, 1], dtype=np.int32), np.array([1], dtype=np.int32), 1)
 
     def makespan_target(self, prefill_seconds: float, decode_seconds: float) -> float:
         """The time no schedule of the batch beats, from each kind's estimated CTA-seconds.
@@ -226,81 +560,29 @@ class PodPlanner:
         out, so it is the total over all CTA slots. With one CTA per SM the kernel runs a prefill
         and a decode role side by side, each on its own queue, so the batch lasts at least the
         larger kind's total over the SMs."""
-        if self.ctas_per_sm == 1:
-            return max(prefill_seconds, decode_seconds) / self.num_sms
-        return (prefill_seconds + decode_seconds) / (self.num_sms * self.ctas_per_sm)
+        return _makespan_target(float(prefill_seconds), float(decode_seconds), self.num_sms,
+                                self.ctas_per_sm)
 
-    def _estimate(self, q: _Queue, t: _Tiles, counts: np.ndarray | None) -> float:
-        """Estimated CTA-seconds of the queue's items: work, each item's fixed cost, each merge."""
-        heads = len(q.nh)
-        n_items = heads * (len(t.kv_end) if counts is None else int(counts.sum()))
-        n_groups = 0 if counts is None else heads * int((counts > 1).sum())
-        return ITEM_SECONDS * n_items + MERGE_SECONDS * n_groups + self._work_seconds(q, t)
+    def _plan_into(self, turn: int, qsl: np.ndarray, seq_len: np.ndarray,
+                   num_decodes: int | None) -> tuple[int, int, int]:
+        """Plans a batch into host buffer `turn`; returns (prefill items, decode items, decode
+        slots per SM)."""
+        if qsl.shape != (len(seq_len) + 1,):
+            raise ValueError(f"query_start_loc has {len(qsl)} entries for {len(seq_len)} requests")
+        # One compiled signature: the int32 lengths vLLM keeps on the host.
+        qsl, seq_len = qsl.astype(np.int32, copy=False), seq_len.astype(np.int32, copy=False)
+        status, n_prefill, n_decode, decode_slots = _plan_batch(
+            qsl, seq_len, -1 if num_decodes is None else num_decodes, self._config, self._queues,
+            self._head_chunks, *self._host_parts[turn])
+        if status == _BAD_LENGTHS:
+            raise ValueError("every request needs 0 <= query length <= seq_len")
+        if status == _DECODES_NOT_FIRST:
+            raise ValueError("the first num_decodes requests must be decodes (query length 1)")
+        if status == _OVER_CAPACITY:
+            raise ValueError(f"batch of {n_prefill} work items exceeds the planner's capacity "
+                             f"{self.max_items}; raise max_num_tokens/max_num_reqs")
+        return n_prefill, n_decode, decode_slots
 
-    # -- tiles and splits -------------------------------------------------------------------------
-    @staticmethod
-    def _tiles(q: _Queue, reqs: np.ndarray, q_start: np.ndarray, q_len: np.ndarray,
-               seq_len: np.ndarray) -> _Tiles:
-        t0, n_tok = 0, q_len
-        if len(reqs) and q_len.max() > q.tokens:
-            n_tiles = -(-q_len // q.tokens)
-            idx = np.repeat(np.arange(len(reqs)), n_tiles)
-            t0 = (np.arange(len(idx)) - (np.cumsum(n_tiles) - n_tiles)[idx]) * q.tokens
-            reqs, q_start, q_len, seq_len = reqs[idx], q_start[idx] + t0, q_len[idx], seq_len[idx]
-            n_tok = np.minimum(q.tokens, q_len - t0)
-        q_pos0 = seq_len - q_len + t0
-        return _Tiles(np.stack([reqs, q_start, n_tok, q_pos0, q_pos0 + n_tok], axis=1))
-
-    def _count_chunk(self, q: _Queue, t: _Tiles) -> np.ndarray | None:
-        """Keys per KV-split of each tile, or None when the queue has enough items unsplit.
-
-        Each tile is cut into even pieces of about the queue's chunk: a short last piece would pay
-        a whole partial write and merge for a few keys (a 12480-key tile cut at 12416 did)."""
-        target = self.split_targets[q.kind]
-        n_items = len(t.kv_end) * len(q.nh)
-        if n_items == 0 or n_items >= target:
-            return None
-        total = int(t.kv_end.sum()) * len(q.nh)
-        chunk = _align_split(max(MIN_SPLIT_KEYS[q.kind], -(-total // target)))
-        pieces = np.maximum(1, (t.kv_end + chunk // 2) // chunk)
-        return _align_split(-(-t.kv_end // pieces))
-
-    @staticmethod
-    def _split_count(t: _Tiles, chunk: np.ndarray) -> np.ndarray:
-        # Split boundaries s*chunk must not pass the tile's first position, so every row of the tile
-        # sees at least one key in every split (no empty softmax rows to merge).
-        return np.maximum(1, np.minimum(-(-t.kv_end // chunk), 1 + t.q_pos0 // chunk))
-
-    def _cost_chunks(self, tiles: dict[str, _Tiles], chunks: dict) -> dict:
-        """Tightens the chunks so that no item's estimated time exceeds the makespan target.
-
-        The target comes from the plan of the item-count rule; further cuts only add fixed costs,
-        so it stays a lower bound of the final plan's and the order of the cuts does not matter.
-        A tile over it is cut into even pieces of at most `cap` keys, the most whose piece (fixed
-        cost and merge included, and the up to n_tok - 1 keys more that a last piece may get when
-        the causal rule stops the cuts early) fits the target. A tile for which not even a
-        SPLIT_ALIGN-key piece would fit is left as it is."""
-        counts = {k: None if c is None else self._split_count(tiles[k], c) for k, c in chunks.items()}
-        target = self.makespan_target(*(self._estimate(self._queues[k], tiles[k], counts[k])
-                                        for k in ("prefill", "decode")))
-        out = dict(chunks)
-        for kind, t in tiles.items():
-            key_s = self._key_seconds(self._queues[kind], t)
-            chunk, n = chunks[kind], counts[kind]
-            fits = np.floor((target - ITEM_SECONDS - MERGE_SECONDS) / key_s).astype(np.int64)
-            cap = (fits - (t.n_tok - 1)) // SPLIT_ALIGN * SPLIT_ALIGN
-            over = ITEM_SECONDS + t.kv_end * key_s > target
-            if chunk is not None:
-                over = np.where(n > 1, chunk > cap, over)
-            over &= cap >= SPLIT_ALIGN
-            if over.any():
-                new = (t.kv_end if chunk is None else chunk).copy()
-                pieces = -(-t.kv_end[over] // cap[over])
-                new[over] = _align_split(-(-t.kv_end[over] // pieces))
-                out[kind] = new
-        return out
-
-    # -- the plan ---------------------------------------------------------------------------------
     def plan(self, query_start_loc_cpu: torch.Tensor, seq_lens_cpu: torch.Tensor,
              num_decodes: int | None = None) -> PodPlan:
         """Builds the plan of one batch from host-side lengths and stages it on the device.
@@ -309,158 +591,20 @@ class PodPlanner:
         step's tokens). Requests of query length 0 (CUDA-graph padding) get no work. num_decodes,
         if given, is checked: the decode requests vLLM placed first must fit decode tiles.
         """
-        qsl = query_start_loc_cpu.numpy().astype(np.int64)
-        seq_len = seq_lens_cpu.numpy().astype(np.int64)
-        q_len = qsl[1:] - qsl[:-1]
-        if (q_len > seq_len).any() or (q_len < 0).any():
-            raise ValueError("every request needs 0 <= query length <= seq_len")
-        is_decode_tile = (q_len > 0) & (q_len <= self._queues["decode"].tokens)
-        if num_decodes is not None and not is_decode_tile[:num_decodes][q_len[:num_decodes] > 0].all():
-            raise ValueError("the first num_decodes requests must be decodes (query length 1)")
-        is_prefill_tile = (q_len > 0) & ~is_decode_tile
-
-        tiles = {}
-        for kind, sel in (("prefill", is_prefill_tile), ("decode", is_decode_tile)):
-            reqs = np.flatnonzero(sel)
-            tiles[kind] = self._tiles(self._queues[kind], reqs, qsl[reqs], q_len[reqs], seq_len[reqs])
-        chunks = {kind: self._count_chunk(self._queues[kind], t) for kind, t in tiles.items()}
-        if self.cost_splits:
-            chunks = self._cost_chunks(tiles, chunks)
-        counts = self._fit_capacity(tiles, chunks)
-
         turn = self._turn
-        self._turn ^= 1
         if self._copied is not None:
             self._copied[turn].synchronize()  # that host buffer's previous copy has been consumed
-        host = self._host_np[turn]
-        n_items, rows_used, groups = [], 0, 0
-        for kind, t in tiles.items():
-            first = PLAN_HEADER_INTS + sum(n_items) * ITEM_INTS
-            n, rows, grps = self._write(self._queues[kind], t, chunks[kind], counts[kind], host[first:],
-                                        rows_used, groups)
-            n_items.append(n)
-            rows_used += rows
-            groups += grps
-        n_prefill, n_decode = n_items
-        decode_slots = self._decode_slots_per_sm(n_prefill, n_decode, tiles)
-        host[:3] = (n_prefill, n_decode, decode_slots)
+        n_prefill, n_decode, decode_slots = self._plan_into(
+            turn, query_start_loc_cpu.numpy(), seq_lens_cpu.numpy(), num_decodes)
+        self._turn ^= 1
         n = PLAN_HEADER_INTS + (n_prefill + n_decode) * ITEM_INTS
         if self._copied is not None:
             self.buffer[:n].copy_(self._host[turn][:n], non_blocking=True)
             self._copied[turn].record()
         else:
             # numpy, not torch: torch splits a large CPU copy over threads, slow on a busy host.
-            self.buffer.numpy()[:n] = host[:n]
+            self.buffer.numpy()[:n] = self._host_np[turn][:n]
         return PodPlan(buffer=self.buffer, counters=self.counters, workspace=self.workspace,
                        num_prefill_items=n_prefill, num_decode_items=n_decode,
                        decode_slots_per_sm=decode_slots, ctas_per_sm=self.ctas_per_sm,
                        num_sms=self.num_sms, prefill_rows=self.prefill_rows)
-
-    def _fit_capacity(self, tiles: dict[str, _Tiles], chunks: dict) -> dict:
-        """Split counts per tile (None: unsplit queue) that fit the persistent buffers: coarser
-        splits while they do not, unsplit at the limit. Updates chunks in place."""
-        while True:
-            counts, n_items, rows_used, groups = {}, 0, 0, 0
-            for kind, t in tiles.items():
-                heads = len(self._queues[kind].nh)
-                if chunks[kind] is None:
-                    counts[kind] = None
-                    n_items += heads * len(t.kv_end)
-                    continue
-                c = counts[kind] = self._split_count(t, chunks[kind])
-                split = c > 1
-                n_items += heads * int(c.sum())
-                groups += heads * int(split.sum())
-                rows_used += self.num_q_heads * int(np.dot(t.n_tok[split], c[split]))
-            if rows_used <= self.max_split_rows and groups <= self.max_merge_groups \
-                    and n_items <= self.max_items:
-                return counts
-            if all(c is None for c in chunks.values()):
-                raise ValueError(f"batch of {n_items} work items exceeds the planner's capacity "
-                                 f"{self.max_items}; raise max_num_tokens/max_num_reqs")
-            for kind, c in chunks.items():
-                chunks[kind] = None if c is None or c.min() >= 1 << 30 else 2 * c
-
-    def _write(self, q: _Queue, t: _Tiles, chunk: np.ndarray | None, counts: np.ndarray | None,
-               dst: np.ndarray, rows_used: int, groups: int) -> tuple[int, int, int]:
-        """Writes the queue's items into dst (flat int32) longest first and returns (items,
-        workspace rows, merge groups) used. rows_used/groups: those taken by earlier queues.
-
-        The order is that of a stable sort by cost of the items listed tile by tile, head chunk
-        by head chunk, split by split. It is built per piece (a tile's split) with the head chunks
-        innermost, which is that order whenever all chunks have the same heads and no two pieces
-        of one tile cost the same; otherwise the items are reordered once more."""
-        heads = len(q.nh)
-        num_tiles = len(t.table)
-        split = counts is not None and bool((counts > 1).any())
-        if split:
-            tile = np.repeat(np.arange(num_tiles), counts)
-            first_piece = np.cumsum(counts) - counts
-            s = np.arange(len(tile)) - first_piece[tile]
-            n = counts[tile]
-            c = chunk[tile]
-            kv_start = s * c
-            kv_end = np.where(s == n - 1, t.kv_end[tile], kv_start + c)
-            cost = (kv_end - kv_start) * t.n_tok[tile]
-        else:
-            tile = np.arange(num_tiles)
-            cost = t.kv_end * t.n_tok
-        order = np.argsort(-cost, kind="stable")
-        tp = tile[order]
-        num_pieces = len(order)
-        num_items = num_pieces * heads
-        if num_items == 0:
-            return 0, 0, 0
-
-        rows = np.empty((num_pieces, ITEM_INTS), dtype=np.int32)
-        rows[:] = _PIECE_ROW
-        rows[:, _TILE_FIELDS] = t.table[tp]
-        if split:
-            rows[:, _F["kv_start"]] = kv_start[order]
-            rows[:, _F["kv_end"]] = kv_end[order]
-            rows[:, _F["num_splits"]] = n[order]
-
-        cs = cost[order]
-        reorder = heads > 1 and ((q.nh != q.nh[0]).any() or (
-            split and ((cs[1:] == cs[:-1]) & (tp[1:] == tp[:-1])).any()))
-        out = (self._scratch if reorder else dst)[:num_items * ITEM_INTS].reshape(num_pieces, -1)
-        np.add(np.tile(rows, heads), q.head_rows, out=out)
-
-        rows_taken = groups_taken = 0
-        if split:
-            # Each (tile, head chunk) of a split tile is a merge group with consecutive workspace
-            # rows for its pieces; groups are numbered and placed in the unsorted item order.
-            is_split = counts > 1
-            tile_rows = np.where(is_split, t.n_tok * counts, 0)  # per query head of the group
-            base = rows_used + self.num_q_heads * (np.cumsum(tile_rows) - tile_rows)
-            gid = groups + heads * (np.cumsum(is_split) - is_split)
-            ps = is_split[tp]
-            items = out.reshape(num_pieces, heads, ITEM_INTS)
-            slot_base = np.where(ps, base[tp], 0)[:, None] + tile_rows[tp][:, None] * q.nh_first
-            items[:, :, _F["slot_base"]] = slot_base
-            items[:, :, _F["slot"]] = np.where(
-                ps[:, None], slot_base + (s[order] * t.n_tok[tp])[:, None] * q.nh, -1)
-            items[:, :, _F["merge_id"]] = np.where(ps[:, None], gid[tp][:, None] + np.arange(heads), 0)
-            rows_taken = self.num_q_heads * int(tile_rows.sum())
-            groups_taken = heads * int(is_split.sum())
-
-        if reorder:
-            # Unsorted position of each item: its tile's first item, then chunk by chunk, split by
-            # split; the sort key puts cost first and that position second.
-            first = (np.cumsum(counts) - counts)[tp] if split else tp
-            within = s[order] if split else 0
-            n_split = counts[tp] if split else np.ones(num_pieces, dtype=np.int64)
-            position = (first * heads + within)[:, None] + n_split[:, None] * np.arange(heads)
-            key = -(cs[:, None] * q.nh) * num_items + position
-            np.take(out.reshape(num_items, ITEM_INTS), np.argsort(key.reshape(-1), kind="stable"),
-                    axis=0, out=dst[:num_items * ITEM_INTS].reshape(num_items, ITEM_INTS))
-        return num_items, rows_taken, groups_taken
-
-    def _decode_slots_per_sm(self, n_prefill: int, n_decode: int, tiles: dict[str, _Tiles]) -> int:
-        if n_decode == 0:
-            return 0
-        if n_prefill == 0 or self.ctas_per_sm == 1:
-            return self.ctas_per_sm
-        t_prefill, t_decode = (self._work_seconds(self._queues[k], tiles[k]) for k in ("prefill", "decode"))
-        share = t_decode / (t_prefill + t_decode)
-        return int(min(self.ctas_per_sm - 1, max(self.min_decode_slots, round(share * self.ctas_per_sm))))
