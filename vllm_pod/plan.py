@@ -53,9 +53,9 @@ MIN_SPLIT_KEYS = {"decode": 256, "prefill": 1024}
 # fill one wave; short decode items split down to two per slot.
 SPLIT_ITEMS_PER_SLOT = {"decode": 2, "prefill": 1}
 
-# The kernel's per-CTA rates, traced on an H100 with two CTAs per SM (benchmarks/NOTES.md, session
-# 7: each kind runs at the same rate beside the other kind as alone). They set the prefill:decode
-# CTA mix and, with cost_splits, each item's estimated time.
+# The two-CTA kernel's per-CTA rates, traced on an H100 (each kind runs at the same rate beside the
+# other kind as alone: docs/design.md, "The scheduler and the prefill/decode mix"). They set the
+# prefill:decode CTA mix and, with cost_splits, each item's estimated time.
 PREFILL_FLOPS_PER_CTA_S = 2.0e12  # attention FLOPs (4 x rows x keys x head_dim) per second
 DECODE_BYTES_PER_CTA_S = 20e9     # K/V bytes (4 x keys x head_dim: fp16/bf16 K and V) per second
 ITEM_SECONDS = 8e-6               # an item's fixed cost (claim, prologue, epilogue; trace fit)
