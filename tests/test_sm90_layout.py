@@ -71,3 +71,13 @@ def test_wgmma_is_not_serialised(tmp_path, build):
     log = run.stdout + run.stderr
     assert "Used" in log  # ptxas reported on the kernels
     assert "C7514" not in log and "C7515" not in log, log[-3000:]
+
+
+@pytest.mark.skipif(nvcc() is None, reason="needs nvcc")
+def test_builds_without_cute(tmp_path):
+    # Without CuTe's headers (or with POD_WGMMA_PREFILL=0) setup.py builds no -DPOD_WGMMA_PREFILL:
+    # every kernel then runs the mma.sync tiles, and no header may need CUTLASS.
+    subprocess.run([nvcc(), "-std=c++17", f"-I{ROOT / 'csrc'}", "-gencode=arch=compute_80,code=sm_80",
+                    "-gencode=arch=compute_90a,code=sm_90a", "-c", "-O1",
+                    str(ROOT / "csrc" / "instantiations" / "pod_bf16_hd128.cu"), "-o", str(tmp_path / "pod.o")],
+                   check=True, capture_output=True, text=True, timeout=600)

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#if defined(POD_WGMMA_PREFILL)  // builds with CUTLASS/CuTe's headers only
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
@@ -43,3 +44,4 @@ template <int kRegs>
 __device__ __forceinline__ void claim_registers() { cutlass::arch::warpgroup_reg_alloc<kRegs>(); }
 
 }  // namespace pod::sm90
+#endif  // POD_WGMMA_PREFILL
