@@ -40,11 +40,16 @@ cudaError_t with_config(F&& f) {
   return hopper_device() ? f(TileConfig<T, D, true>{}) : f(TileConfig<T, D, false>{});
 }
 
-// The kernel Cfg runs on (KernelOf), its block size and its dynamic shared memory.
+// The kernel Cfg runs on, its block size and its dynamic shared memory: the warp-specialized
+// kernel for the Hopper configuration at head dims up to 128, else the two-CTA one.
 template <class Cfg>
 struct Kernel {
-  static constexpr bool kWarpSpecialized = KernelOf<Cfg>::kWarpSpecialized;
-  static constexpr int kThreads = KernelOf<Cfg>::kThreads;
+#if defined(POD_WGMMA_PREFILL)
+  static constexpr bool kWarpSpecialized = Cfg::kHopper && Cfg::D <= 128;
+#else
+  static constexpr bool kWarpSpecialized = false;
+#endif
+  static constexpr int kThreads = kWarpSpecialized ? 512 : Cfg::kThreads;
   static constexpr size_t smem() {
 #if defined(POD_WGMMA_PREFILL)
     if constexpr (kWarpSpecialized) return sm90::WarpSpecialized<Cfg>::kSmemAlloc;

@@ -164,18 +164,6 @@ __device__ __forceinline__ void run_warp_specialized(const PodParams& p) {
 
 namespace pod {
 
-// The kernel the host launches for Cfg, with its block size and shared memory: the
-// warp-specialized kernel for the Hopper configuration at head dims up to 128, else the two-CTA one.
-template <class Cfg>
-struct KernelOf {
-#if defined(POD_WGMMA_PREFILL)
-  static constexpr bool kWarpSpecialized = Cfg::kHopper && Cfg::D <= 128;
-#else
-  static constexpr bool kWarpSpecialized = false;
-#endif
-  static constexpr int kThreads = kWarpSpecialized ? 512 : Cfg::kThreads;
-};
-
 template <class Cfg>
 __global__ void __launch_bounds__(512, 1) pod_warp_specialized_kernel(const PodParams p) {
 #if defined(POD_WGMMA_PREFILL)
