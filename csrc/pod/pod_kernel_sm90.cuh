@@ -56,8 +56,10 @@ struct WsShared {
 
 template <class WS>
 __device__ __forceinline__ void run_producer(const PodParams& p, const typename WS::Ring& ring,
-                                             WsShared<WS>& sh, Scheduler& sched) {
+                                             WsShared<WS>& sh) {
   const int tid = threadIdx.x;  // warpgroup 0
+  Scheduler sched{p.plan, p.counters, p.ctas_per_sm};
+  if (tid == 0) sched.start_queues();
   RingPositions<typename WS::Ring> pos;
   for (int n = 0;; ++n) {
     const int b = n & 1;
@@ -142,9 +144,7 @@ __device__ __forceinline__ void run_warp_specialized(const PodParams& p) {
   const int role = threadIdx.x / 128;
   if (role == 0) {
     release_registers<WS::kProducerRegs>();
-    Scheduler sched{p.plan, p.counters, p.ctas_per_sm};
-    if (threadIdx.x == 0) sched.start_queues();
-    run_producer<WS>(p, ring, sh, sched);
+    run_producer<WS>(p, ring, sh);
   } else if (role <= 2) {
     claim_registers<WS::kConsumerRegs>();
     run_consumer<WS>(p, ring, sh, role - 1);
