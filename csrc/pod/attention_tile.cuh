@@ -8,6 +8,12 @@
 #include "ptx.cuh"
 #include "tile_config.cuh"
 
+// A planted fault for the end-to-end check (benchmarks/e2e_check.py must catch it): with
+// -DPOD_PLANT_CAUSAL_SHIFT=N every query row also sees the next N keys. 0 in every real build.
+#ifndef POD_PLANT_CAUSAL_SHIFT
+#define POD_PLANT_CAUSAL_SHIFT 0
+#endif
+
 namespace pod {
 
 // Running softmax state of one warp over M m16 tiles of rows: thread (g = lane/4, c = lane%4)
@@ -63,9 +69,6 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, fl
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + j * 8 + 2 * (lane & 3) + (e & 1);
-#ifndef POD_PLANT_CAUSAL_SHIFT  // a planted fault (rows see this many later keys) that
-#define POD_PLANT_CAUSAL_SHIFT 0  // benchmarks/e2e_check.py must catch
-#endif
         if (key >= kv_end || key > pos[e >> 1] + POD_PLANT_CAUSAL_SHIFT) s[j][e] = -INFINITY;
       }
   }
