@@ -17,11 +17,10 @@
 namespace pod {
 
 // Running softmax state of one warp over M m16 tiles of rows: thread (g = lane/4, c = lane%4)
-// holds rows 16*mt + g and 16*mt + g + 8, output columns 8*j + 2c, 8*j + 2c + 1 of each 8-column j
-// of the kCols columns the warp accumulates (all of D, or its part of D: TileConfig::kDecodeDParts).
-template <class Cfg, int M, int kCols = Cfg::D>
+// holds rows 16*mt + g and 16*mt + g + 8, output columns 8*j + 2c, 8*j + 2c + 1 of each 8-column j.
+template <class Cfg, int M>
 struct WarpState {
-  float o[M][kCols / 8][4];
+  float o[M][Cfg::D / 8][4];
   float m[M][2];  // running row max of raw scores
   float l[M][2];  // running row sum (this thread's columns only until finalize)
 
@@ -29,7 +28,7 @@ struct WarpState {
 #pragma unroll
     for (int mt = 0; mt < M; ++mt) {
 #pragma unroll
-      for (int j = 0; j < kCols / 8; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+      for (int j = 0; j < Cfg::D / 8; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
       m[mt][0] = m[mt][1] = -INFINITY;
       l[mt][0] = l[mt][1] = 0.f;
     }
@@ -47,7 +46,7 @@ struct WarpState {
         const float inv = sum > 0.f ? 1.f / sum : 0.f;
         lse[mt][r] = sum > 0.f ? m[mt][r] * scale_log2 + __log2f(sum) : -INFINITY;
 #pragma unroll
-        for (int j = 0; j < kCols / 8; ++j) {
+        for (int j = 0; j < Cfg::D / 8; ++j) {
           o[mt][j][2 * r] *= inv;
           o[mt][j][2 * r + 1] *= inv;
         }
@@ -59,8 +58,8 @@ struct WarpState {
 // return s holds the tile's probabilities, unnormalised (exp2 of scaled scores minus the running
 // max), and alpha the factor by which the m-tile's o must be rescaled (rescale_o) before this
 // tile's P V is added. pos: the sequence positions of this thread's two rows.
-template <class Cfg, int M, int NK, bool kMask, int kCols>
-__device__ __forceinline__ void online_softmax(WarpState<Cfg, M, kCols>& st, int mt, float (&s)[NK / 8][4],
+template <class Cfg, int M, int NK, bool kMask>
+__device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, float (&s)[NK / 8][4],
                                                int key0, int kv_end, const int (&pos)[2],
                                                float scale_log2, float (&alpha)[2]) {
   const int lane = threadIdx.x & 31;
@@ -97,10 +96,10 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M, kCols>& st, int
   }
 }
 
-template <class Cfg, int M, int kCols>
-__device__ __forceinline__ void rescale_o(WarpState<Cfg, M, kCols>& st, int mt, const float (&alpha)[2]) {
+template <class Cfg, int M>
+__device__ __forceinline__ void rescale_o(WarpState<Cfg, M>& st, int mt, const float (&alpha)[2]) {
 #pragma unroll
-  for (int j = 0; j < kCols / 8; ++j) {
+  for (int j = 0; j < Cfg::D / 8; ++j) {
     st.o[mt][j][0] *= alpha[0];
     st.o[mt][j][1] *= alpha[0];
     st.o[mt][j][2] *= alpha[1];
@@ -110,8 +109,8 @@ __device__ __forceinline__ void rescale_o(WarpState<Cfg, M, kCols>& st, int mt, 
 
 // online_softmax with the rescale of o applied at once, skipped by a warp none of whose rows' max
 // moved (every factor is then exactly 1, so the skip is exact).
-template <class Cfg, int M, int NK, bool kMask, int kCols>
-__device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M, kCols>& st, int mt,
+template <class Cfg, int M, int NK, bool kMask>
+__device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int mt,
                                                       float (&s)[NK / 8][4], int key0, int kv_end,
                                                       const int (&pos)[2], float scale_log2) {
   float alpha[2];
@@ -129,14 +128,13 @@ __device__ __forceinline__ void p_fragment(const float (&s)[NK / 8][4], int kk, 
   a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
-// One warp, one K/V tile: rows [q_row0, q_row0 + 16*M) of sQ against keys [kw0, kw0+NK) of sK/sV,
-// accumulating output columns [d0, d0 + kCols) (the scores always span all of D). key0 is the
-// sequence position of key kw0. With kMask, a key counts only if it is < kv_end and <= the row's
-// position (row_pos, per m-tile and per thread's two rows).
-template <class Cfg, int M, int NK, bool kMask, int kCols>
-__device__ __forceinline__ void warp_attend(WarpState<Cfg, M, kCols>& st, const typename Cfg::T* sQ,
+// One warp, one K/V tile: rows [q_row0, q_row0 + 16*M) of sQ against keys [kw0, kw0+NK) of sK/sV.
+// key0 is the sequence position of key kw0. With kMask, a key counts only if it is < kv_end and
+// <= the row's position (row_pos, per m-tile and per thread's two rows).
+template <class Cfg, int M, int NK, bool kMask>
+__device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typename Cfg::T* sQ,
                                             const typename Cfg::T* sK,
-                                            const typename Cfg::T* sV, int q_row0, int kw0, int d0,
+                                            const typename Cfg::T* sV, int q_row0, int kw0,
                                             int key0, int kv_end, const int (&row_pos)[M][2],
                                             float scale_log2) {
   using T = typename Cfg::T;
@@ -179,10 +177,10 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M, kCols>& st, const 
 #pragma unroll
     for (int mt = 0; mt < M; ++mt) p_fragment<T, NK>(s[mt], kk, a[mt]);
 #pragma unroll
-    for (int dp = 0; dp < kCols / 16; ++dp) {
+    for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, sV + Cfg::swz(kw0 + kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                         d0 + dp * 16 + (lane >> 4) * 8));
+                                         dp * 16 + (lane >> 4) * 8));
 #pragma unroll
       for (int mt = 0; mt < M; ++mt) {
         MmaOp<T>::run(st.o[mt][2 * dp], a[mt], b[0], b[1]);

@@ -42,13 +42,6 @@ template <int kRegs>
 __device__ __forceinline__ void release_registers() { cutlass::arch::warpgroup_reg_dealloc<kRegs>(); }
 template <int kRegs>
 __device__ __forceinline__ void claim_registers() { cutlass::arch::warpgroup_reg_alloc<kRegs>(); }
-// A warpgroup launched with kLaunchRegs registers per thread moves to kRegs: it gives the
-// difference back or takes it (setmaxnreg.inc must never ask for fewer than it holds).
-template <int kRegs, int kLaunchRegs>
-__device__ __forceinline__ void set_registers() {
-  if constexpr (kRegs < kLaunchRegs) release_registers<kRegs>();
-  else if constexpr (kRegs > kLaunchRegs) claim_registers<kRegs>();
-}
 
 }  // namespace pod::sm90
 #endif  // POD_WGMMA_PREFILL

@@ -45,7 +45,7 @@ cudaError_t with_config(F&& f) {
 template <class Cfg>
 struct Kernel {
 #if defined(POD_WGMMA_PREFILL)
-  static constexpr bool kWarpSpecialized = Cfg::kWarpSpecialized;
+  static constexpr bool kWarpSpecialized = Cfg::kHopper && Cfg::D <= 128;
 #else
   static constexpr bool kWarpSpecialized = false;
 #endif

@@ -55,29 +55,27 @@ __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const Row
     }
 }
 
-// Decode: the warps hold the same 16 rows over different key slices (and, split over D, different
-// columns); combine the slices through shared memory (which the team has finished using for tiles)
-// and write the rows with all its threads. Both column parts of a slice share its row sums.
+// Decode: the warps hold the same 16 rows over different keys; combine them through shared memory
+// (which the team has finished using for tiles) and write the rows with all its threads.
 template <class Cfg, class Team>
-__device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1, Cfg::kDecodeCols>& st,
-                                                   const RowSink<Cfg>& sink, float* scratch, int used,
-                                                   float scale_log2, const Team& team) {
-  constexpr int D = Cfg::D, R = Cfg::kDecodeRows, kSlices = Cfg::kDecodeKeySlices;
-  float* s_o = scratch;                           // [kSlices][R][D]
-  float* s_lse = scratch + kSlices * R * D;       // [kSlices][R]
+__device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const RowSink<Cfg>& sink,
+                                                   float* scratch, int used, float scale_log2,
+                                                   const Team& team) {
+  constexpr int D = Cfg::D, R = Cfg::kDecodeRows;
+  float* s_o = scratch;                           // [kDecodeWarps][R][D]
+  float* s_lse = scratch + Cfg::kWarps * R * D;   // [kDecodeWarps][R]
   const int warp = team.warp(), lane = threadIdx.x & 31;
   if (warp < Cfg::kDecodeWarps) {
-    const int ks = Cfg::decode_key_slice(warp), d0 = Cfg::decode_col0(warp);
     float lse[1][2];
     st.finalize(scale_log2, lse);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = (lane >> 2) + 8 * r;
 #pragma unroll
-      for (int j = 0; j < Cfg::kDecodeCols / 8; ++j)
-        *reinterpret_cast<float2*>(s_o + (ks * R + row) * D + d0 + 8 * j + 2 * (lane & 3)) =
+      for (int j = 0; j < D / 8; ++j)
+        *reinterpret_cast<float2*>(s_o + (warp * R + row) * D + 8 * j + 2 * (lane & 3)) =
             make_float2(st.o[0][j][2 * r], st.o[0][j][2 * r + 1]);
-      if ((lane & 3) == 0 && d0 == 0) s_lse[ks * R + row] = lse[0][r];
+      if ((lane & 3) == 0) s_lse[warp * R + row] = lse[0][r];
     }
   }
   team.sync();
@@ -85,11 +83,11 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1, Cfg::kDecod
     const int row = idx / (D / 2), d = (idx % (D / 2)) * 2;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kSlices; ++w) mx = fmaxf(mx, s_lse[w * R + row]);
+    for (int w = 0; w < Cfg::kDecodeWarps; ++w) mx = fmaxf(mx, s_lse[w * R + row]);
     float a0 = 0.f, a1 = 0.f, wsum = 0.f;
 #pragma unroll
-    for (int w = 0; w < kSlices; ++w) {
-      const float wt = exp2f(s_lse[w * R + row] - mx);  // empty slices: exp2(-inf) = 0
+    for (int w = 0; w < Cfg::kDecodeWarps; ++w) {
+      const float wt = exp2f(s_lse[w * R + row] - mx);  // empty warps: exp2(-inf) = 0
       const float2 v = *reinterpret_cast<const float2*>(s_o + (w * R + row) * D + d);
       a0 += wt * v.x;
       a1 += wt * v.y;

@@ -60,7 +60,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   // Tiles starting past this need the mask (causal diagonal or the end of the key range).
   const int mask_from = min(it.kv_end, it.q_pos0 + 1) - kKeys;
 
-  WarpState<Cfg, kM, kIsDecode ? Cfg::kDecodeCols : Cfg::D> st;
+  WarpState<Cfg, kM> st;
   st.init();
   const int num_tiles = (it.kv_end - it.kv_start + kKeys - 1) / kKeys;
   load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
@@ -87,12 +87,12 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     const bool masked = tile_start > mask_from;
     if constexpr (kIsDecode) {
       if (warp < Cfg::kDecodeWarps) {
-        const int kw0 = Cfg::decode_key_slice(warp) * Cfg::kDecodeWarpKeys, d0 = Cfg::decode_col0(warp);
+        const int kw0 = warp * Cfg::kDecodeWarpKeys;
         if (masked)
-          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, true>(st, sQ, sK(stage), sV(stage), 0, kw0, d0,
+          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, true>(st, sQ, sK(stage), sV(stage), 0, kw0,
                                                           tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
         else
-          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, false>(st, sQ, sK(stage), sV(stage), 0, kw0, d0,
+          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, false>(st, sQ, sK(stage), sV(stage), 0, kw0,
                                                            tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
       }
     } else if constexpr (kWgmma) {
@@ -107,10 +107,10 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
       const int row0 = Cfg::prefill_row(warp, 0);
       if (masked)
-        warp_attend<Cfg, kM, kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, 0, tile_start,
+        warp_attend<Cfg, kM, kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
                                           it.kv_end, row_pos, p.scale_log2);
       else
-        warp_attend<Cfg, kM, kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, 0, tile_start,
+        warp_attend<Cfg, kM, kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
                                            it.kv_end, row_pos, p.scale_log2);
     }
   }

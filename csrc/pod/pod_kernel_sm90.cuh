@@ -1,13 +1,11 @@
 // The warp-specialized Hopper kernel (sm_90a; head dims 64 and 128): one persistent CTA per SM of
 // four warpgroups with fixed roles, so that prefill and decode work share every SM at warpgroup
 // level (docs/design.md, "The warp-specialized Hopper kernel"):
-//   warpgroup 0     prefill producer: takes prefill items and copies their query rows and 128-key
-//                   K/V tiles into mbarrier rings (prefill_mainloop_sm90.cuh); keeps 56 registers
-//   warpgroups 1-2  prefill consumers: 64 query rows each of the producer's 128-row item, on wgmma,
-//                   one tile at a time (a 128-key tile leaves no registers for a second S in flight);
+//   warpgroup 0     prefill producer: takes prefill items and copies their query rows and K/V tiles
+//                   into an mbarrier ring (prefill_mainloop_sm90.cuh); keeps 56 registers
+//   warpgroups 1-2  prefill consumers: 64 query rows each of the producer's 128-row item, on wgmma;
 //                   160 registers each
-//   warpgroup 3     decode: takes decode items and runs them with its own loads (run_item), its
-//                   warps split over keys and D (TileConfig's decode tile); 136 registers
+//   warpgroup 3     decode: takes decode items and runs them with its own loads (run_item); 136
 // 56 + 2 x 160 + 136 = 512 registers per four threads: the whole register file at 512 threads.
 // Once the prefill queue is empty, consumer warpgroup 1 takes decode items too, in the prefill
 // shared memory, which is then free. Each role synchronises on barriers of its own; the whole CTA
@@ -26,14 +24,10 @@ struct WarpSpecialized {
                 "two m64 consumer slices of one 128-row item");
   static constexpr int kThreads = 4 * 128;
   static constexpr int kProducerRegs = 56, kConsumerRegs = 160, kDecodeRegs = 136;
-  static constexpr int kLaunchRegs = 65536 / kThreads;  // each thread's share of the register file
-  static_assert(kProducerRegs + 2 * kConsumerRegs + kDecodeRegs == 4 * kLaunchRegs,
-                "the register file at 512 threads");
-  // 128-key consumer tiles halve the per-key cost of the wgmma issue, the loop and the rescale
-  // against 64 (docs/design.md, "Where the prefill gap is now"); two stages each of K and V
-  // (32 KB each at D=128) fit beside a decode region of 32-key tiles.
-  static constexpr int kPrefillKeys = 128;
-  using Ring = PrefillRing<Cfg, kPrefillKeys, 2, 2>;
+  static_assert(kProducerRegs + 2 * kConsumerRegs + kDecodeRegs == 512, "the register file at 512 threads");
+  // K is freed once S = Q K^T is done, V only after P V: V gets the deeper ring (a fourth K stage
+  // would not fit beside the decode region).
+  using Ring = PrefillRing<Cfg, 3, 4>;
   // Decode's region: its 16 query rows and ring (run_item's layout); the merge scratch reuses it.
   static constexpr size_t kDecodeBytes =
       sizeof(typename Cfg::T) * Cfg::D * (Cfg::kDecodeRows + Cfg::kDecodeStages * 2 * Cfg::kDecodeKeys);
@@ -149,16 +143,16 @@ __device__ __forceinline__ void run_warp_specialized(const PodParams& p) {
   // the last CTA to get there re-zeroes the scheduler's counters.
   const int role = threadIdx.x / 128;
   if (role == 0) {
-    set_registers<WS::kProducerRegs, WS::kLaunchRegs>();
+    release_registers<WS::kProducerRegs>();
     run_producer<WS>(p, ring, sh);
   } else if (role <= 2) {
-    set_registers<WS::kConsumerRegs, WS::kLaunchRegs>();
+    claim_registers<WS::kConsumerRegs>();
     run_consumer<WS>(p, ring, sh, role - 1);
     // The other consumer may still read the ring's last stages: wait for it before reusing them.
     named_barrier_sync(WS::kConsumersBar, 256);
     if (role == 1) run_decode<WS>(p, smem, sh.fallback_slot, WS::kFallbackBar);
   } else {
-    set_registers<WS::kDecodeRegs, WS::kLaunchRegs>();
+    claim_registers<WS::kDecodeRegs>();
     run_decode<WS>(p, smem + WS::Ring::kBytes, sh.decode_slot, WS::kDecodeBar);
   }
   __syncthreads();

@@ -15,11 +15,11 @@ namespace pod::sm90 {
 // two m64 slices, one per consumer), a ring of K tiles and a ring of V tiles. K is released as
 // soon as S = Q K^T is done, V only after P V, so V can have the deeper ring in the same shared
 // memory (docs/design.md, "The warp-specialized Hopper kernel").
-template <class Cfg, int kKeys_, int kKStages_, int kVStages_>
+template <class Cfg, int kKStages_, int kVStages_>
 struct PrefillRing {
   using T = typename Cfg::T;
   static constexpr int kKStages = kKStages_, kVStages = kVStages_;
-  static constexpr int kKeys = kKeys_;
+  static constexpr int kKeys = Cfg::kPrefillKeys;
   static constexpr int kTileElems = kKeys * Cfg::D;
   static constexpr size_t kBytes = sizeof(T) * (Cfg::D * Cfg::kPrefillRows + (kKStages + kVStages) * kTileElems);
   static constexpr int kConsumerWarps = 8;
@@ -61,26 +61,22 @@ __device__ __forceinline__ int num_kv_tiles(const WorkItem& it, int keys) {
 }
 
 // The producer's part of one item (all 128 producer threads; tid is a thread's index among them):
-// the query rows (its caller waited for q_empty), then each tile's K and V, each copied as soon as
-// its ring has a free stage. V stages free a tile later than K stages (P V runs a tile behind
-// S = Q K^T), so copying a tile's K and V together would hold K back to V's pace and leave the
-// next S waiting for its copy (docs/design.md, "The warp-specialized Hopper kernel").
+// the query rows (its caller waited for q_empty), then each tile's K and V, copied together (one
+// page lookup) once both rings have a free stage.
 template <class Cfg, class Ring>
 __device__ __forceinline__ void produce_item(const PodParams& p, const WorkItem& it, const Ring& ring,
                                              RingPositions<Ring>& pos, int tid) {
-  using Layout = Sw128Layout<Ring::kKeys>;
   load_query_rows<Cfg, Sw128Layout<Cfg::kPrefillRows>>(ring.q, p, it, Cfg::kPrefillRows, tid);
   ring.q_full->arrive_after_copies();
   const int num_tiles = num_kv_tiles(it, Ring::kKeys);
   for (int t = 0; t < num_tiles; ++t) {
-    const int tile_start = it.kv_start + t * Ring::kKeys;
     ring.k_empty[pos.k.stage].wait(pos.k.parity ^ 1);
-    load_kv_tile<Cfg, Ring::kKeys, Layout, kLoadK>(ring.k(pos.k.stage), nullptr, p, it, tile_start, tid);
-    ring.k_full[pos.k.stage].arrive_after_copies();
-    pos.k.advance();
     ring.v_empty[pos.v.stage].wait(pos.v.parity ^ 1);
-    load_kv_tile<Cfg, Ring::kKeys, Layout, kLoadV>(nullptr, ring.v(pos.v.stage), p, it, tile_start, tid);
+    load_kv_tile<Cfg, Ring::kKeys, Sw128Layout<Ring::kKeys>>(ring.k(pos.k.stage), ring.v(pos.v.stage), p, it,
+                                                             it.kv_start + t * Ring::kKeys, tid);
+    ring.k_full[pos.k.stage].arrive_after_copies();
     ring.v_full[pos.v.stage].arrive_after_copies();
+    pos.k.advance();
     pos.v.advance();
   }
 }
@@ -96,9 +92,8 @@ __device__ __forceinline__ void warp_arrive(MBarrier* bar) {
 __device__ __forceinline__ void wait_full(MBarrier* bar, uint32_t parity) { bar->wait(parity); }
 
 // One consumer warpgroup's part of one item: m64 slice `slice` of the query rows against every K/V
-// tile, into st (its warp w holds rows 64 * slice + 16 * w). Per tile: S = Q K, free K, softmax,
-// O += P V, free V. The two consumer warpgroups drift apart, so one's softmax runs beside the
-// other's wgmma.
+// tile, into st (its warp w holds rows 64 * slice + 16 * w). Per tile t: issue S_t = Q K_t and
+// O += P_{t-1} V_{t-1}, free K_t once S_t is done, run S_t's softmax while P V runs, then free V_{t-1}.
 template <class Cfg, class Ring>
 __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem& it, const Ring& ring,
                                              RingPositions<Ring>& pos, int slice,
@@ -107,30 +102,59 @@ __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem&
   constexpr int NK = Ring::kKeys;
   const int num_tiles = num_kv_tiles(it, NK);
   const int mask_from = min(it.kv_end, it.q_pos0 + 1) - NK;  // tiles starting past this are masked
-  for (int t = 0; t < num_tiles; ++t) {
-    const int tile_start = it.kv_start + t * NK;
-    float s[NK / 8][4];
+  float s[NK / 8][4];
+  uint32_t pf[NK / 16][4];  // P_{t-1}, the A operand of the P V in flight
+  float alpha[2];
+  auto softmax = [&](int tile_start) {
+    if (tile_start > mask_from)
+      online_softmax<Cfg, 1, NK, true>(st, 0, s, tile_start, it.kv_end, row_pos[0], p.scale_log2, alpha);
+    else
+      online_softmax<Cfg, 1, NK, false>(st, 0, s, tile_start, it.kv_end, row_pos[0], p.scale_log2, alpha);
+  };
+  auto pack_p = [&] {
+#pragma unroll
+    for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s, kk, pf[kk]);
+  };
+  auto issue_scores = [&] {
     wait_full(ring.k_full + pos.k.stage, pos.k.parity);
     issue_qk<Cfg, NK>(ring.q, slice, ring.k(pos.k.stage), s);
-    cute::warpgroup_wait<0>();
+  };
+  auto issue_values = [&] {
+    wait_full(ring.v_full + pos.v.stage, pos.v.parity);
+    issue_pv<Cfg, NK>(pf, ring.v(pos.v.stage), st.o[0]);
+  };
+  auto scores_done = [&](int t) {  // after S_t's wait: K_t (and, after the last tile, Q) are free
     fence_accumulators<NK / 2>(&s[0][0]);
     warp_arrive(ring.k_empty + pos.k.stage);
     pos.k.advance();
     if (t == num_tiles - 1) warp_arrive(ring.q_empty);
-    if (tile_start > mask_from)
-      masked_online_softmax<Cfg, 1, NK, true>(st, 0, s, tile_start, it.kv_end, row_pos[0], p.scale_log2);
-    else
-      masked_online_softmax<Cfg, 1, NK, false>(st, 0, s, tile_start, it.kv_end, row_pos[0], p.scale_log2);
-    uint32_t pf[NK / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s, kk, pf[kk]);
-    wait_full(ring.v_full + pos.v.stage, pos.v.parity);
-    issue_pv<Cfg, NK>(pf, ring.v(pos.v.stage), st.o[0]);
-    cute::warpgroup_wait<0>();
+  };
+  auto values_done = [&] {
     fence_accumulators<Cfg::D / 2>(&st.o[0][0][0]);
     warp_arrive(ring.v_empty + pos.v.stage);
     pos.v.advance();
+  };
+
+  issue_scores();
+  cute::warpgroup_wait<0>();
+  scores_done(0);
+  softmax(it.kv_start);  // o is still zero: alpha is not needed
+  pack_p();
+  for (int t = 1; t < num_tiles; ++t) {
+    issue_scores();
+    issue_values();
+    cute::warpgroup_wait<1>();  // S_t is done; P_{t-1} V_{t-1} may still run
+    scores_done(t);
+    softmax(it.kv_start + t * NK);
+    cute::warpgroup_wait<0>();
+    values_done();
+    // A warp none of whose rows' max moved skips the rescale (every factor is exactly 1).
+    if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) rescale_o<Cfg, 1>(st, 0, alpha);
+    pack_p();
   }
+  issue_values();
+  cute::warpgroup_wait<0>();
+  values_done();
 }
 
 }  // namespace pod::sm90

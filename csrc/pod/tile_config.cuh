@@ -29,30 +29,17 @@ struct TileConfig {
   __device__ __forceinline__ static int prefill_row(int warp, int mt) {
     return kHopper ? 64 * mt + 16 * warp : 16 * (kPrefillMTiles * warp + mt);
   }
-  // The configuration the warp-specialized kernel runs (pod_kernel_sm90.cuh); its prefill tiles
-  // are that kernel's own, its decode tiles are the ones below.
-  static constexpr bool kWarpSpecialized = kHopper && D <= 128;
-  // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys, in
-  // 16-key slices, and, in the warp-specialized kernel, D in two halves: its decode tiles are 32
-  // keys, in a three-stage ring (the same bytes in flight as two stages of 64), so the decode
-  // region fits beside the prefill rings, and a 32-key tile has two slices for four warps (each
-  // slice's scores are computed by both of its warps; decode is bandwidth-bound).
+  // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
   static constexpr int kDecodeRows = 16;
   static constexpr int kDecodeWarpKeys = 16;
-  static constexpr int kDecodeKeys = kWarpSpecialized || D > 128 ? 32 : 64;  // D=256: two CTAs per SM
-  static constexpr int kDecodeDParts = kWarpSpecialized ? 2 : 1;
-  static constexpr int kDecodeKeySlices = kDecodeKeys / kDecodeWarpKeys;
-  static constexpr int kDecodeWarps = kDecodeKeySlices * kDecodeDParts;  // warps that compute
-  static constexpr int kDecodeCols = D / kDecodeDParts;                   // output columns per warp
-  static_assert(kDecodeWarps <= kWarps, "one decode warp per key slice and part of D");
-  __device__ __forceinline__ static int decode_key_slice(int warp) { return warp / kDecodeDParts; }
-  __device__ __forceinline__ static int decode_col0(int warp) { return warp % kDecodeDParts * kDecodeCols; }
+  static constexpr int kDecodeKeys = D <= 128 ? 64 : 32;  // halved at D=256 for two CTAs per SM
+  static constexpr int kDecodeWarps = kDecodeKeys / kDecodeWarpKeys;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
 
   // K/V tiles stream through a ring of stages, [stage][K|V][keys][D]; a kind keeps all but one
   // stage in flight.
   static constexpr int kPrefillStages = 2;
-  static constexpr int kDecodeStages = kWarpSpecialized ? 3 : 2;
+  static constexpr int kDecodeStages = 2;
   static constexpr int kQElems = kPrefillRows * D;
   static constexpr int kRingElems = 2 * D *
       (kPrefillStages * kPrefillKeys > kDecodeStages * kDecodeKeys ? kPrefillStages * kPrefillKeys
@@ -61,7 +48,7 @@ struct TileConfig {
   // Launched with 1 KiB more, so the tiles can start on a 1 KiB boundary (GMMA swizzle atoms).
   static constexpr size_t kSmemAlloc = kSmemBytes + 1024;
   // Decode's cross-warp merge reuses the whole region once the key loop is done.
-  static constexpr size_t kMergeBytes = sizeof(float) * kDecodeKeySlices * kDecodeRows * (D + 1);
+  static constexpr size_t kMergeBytes = sizeof(float) * kWarps * kDecodeRows * (D + 1);
   static_assert(kMergeBytes <= kSmemBytes, "decode merge scratch must fit the tile region");
   static_assert(kChunks >= 8, "the XOR swizzle needs at least 8 chunks per row");
   static_assert(64 % kPrefillKeys == 0 && 64 % kDecodeKeys == 0, "plan.py aligns KV splits to 64 keys");

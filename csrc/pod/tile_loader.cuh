@@ -36,10 +36,7 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
 // column chunk of kKeysPerThread consecutive keys, which lie in one page (tile starts are multiples
 // of kKeys, and kKeysPerThread divides 16, the smallest block size): one block-table read per
 // thread and tile instead of one per key (11% faster over the benchmark grid on an H100).
-// kParts says which of K (kLoadK) and V (kLoadV) to copy: a producer with separate K and V rings
-// copies each as soon as its stage is free (prefill_mainloop_sm90.cuh).
-enum : int { kLoadK = 1, kLoadV = 2 };
-template <class Cfg, int kKeys, class Layout, int kParts = kLoadK | kLoadV>
+template <class Cfg, int kKeys, class Layout>
 __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
                                              const PodParams& p, const WorkItem& it,
                                              int tile_start, int tid) {
@@ -64,8 +61,8 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 #pragma unroll
   for (int j = 0; j < kKeysPerThread; ++j, ks += k_tok, vs += v_tok) {
     const bool valid = j < num_valid;
-    if constexpr ((kParts & kLoadK) != 0) cp_async_16(sK + Layout::at(key0 + j, c * 8), ks, valid);
-    if constexpr ((kParts & kLoadV) != 0) cp_async_16(sV + Layout::at(key0 + j, c * 8), vs, valid);
+    cp_async_16(sK + Layout::at(key0 + j, c * 8), ks, valid);
+    cp_async_16(sV + Layout::at(key0 + j, c * 8), vs, valid);
   }
 }
 
