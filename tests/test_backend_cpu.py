@@ -22,6 +22,7 @@ from vllm.config import (
     CacheConfig,
     DeviceConfig,
     ModelConfig,
+    ParallelConfig,
     VllmConfig,
     set_current_vllm_config,
 )
@@ -64,12 +65,22 @@ def model_dir(tmp_path_factory):
     return str(path)
 
 
-def make_config(model_dir, **attention) -> VllmConfig:
+def model_variant(model_dir, name, **overrides) -> str:
+    """The tiny model's config with some fields changed, as a model directory of its own."""
+    config = json.loads(open(f"{model_dir}/config.json").read())
+    path = Path(model_dir).parent / name
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config | overrides))
+    return str(path)
+
+
+def make_config(model_dir, *, tensor_parallel_size=1, **attention) -> VllmConfig:
     return VllmConfig(
         model_config=ModelConfig(model=model_dir, skip_tokenizer_init=True, dtype="bfloat16",
                                  max_model_len=4096),
         device_config=DeviceConfig(device="cpu"),
         cache_config=CacheConfig(block_size=16),
+        parallel_config=ParallelConfig(tensor_parallel_size=tensor_parallel_size),
         attention_config=AttentionConfig(**attention),
     )
 
@@ -288,11 +299,8 @@ def _with_dual_batch_overlap(config):
 
 def _chunked_local(model_dir):
     """The same model with Llama 4's chunked local attention."""
-    config = json.loads(open(f"{model_dir}/config.json").read())
-    path = Path(model_dir).parent / "tiny-llama-chunked-local"
-    path.mkdir(exist_ok=True)
-    (path / "config.json").write_text(json.dumps(config | {"attention_chunk_size": 1024}))
-    return make_config(str(path), backend="CUSTOM")
+    return make_config(model_variant(model_dir, "tiny-llama-chunked-local",
+                                     attention_chunk_size=1024), backend="CUSTOM")
 
 
 @pytest.mark.usefixtures("extension_loads")
@@ -330,15 +338,24 @@ BLOCK = 16
 NUM_SMS, CTAS_PER_SM = 8, 2
 
 
-@pytest.fixture
-def builder(monkeypatch, model_dir):
+def make_builder(monkeypatch, config) -> PodAttentionMetadataBuilder:
+    """The POD builder of one attention layer of `config`'s model, as a model runner makes it
+    (call it in set_current_vllm_config(config)). The layer's KV cache spec holds this rank's KV
+    heads: with tensor parallelism each rank's attention layers keep their share of them."""
     monkeypatch.setattr(pod_backend, "_device_occupancy", lambda *a: (NUM_SMS, CTAS_PER_SM))
     monkeypatch.setattr(pod_backend, "device_prefill_tile_rows", lambda *a: 128)
+    spec = FullAttentionSpec(block_size=BLOCK,
+                             num_kv_heads=config.model_config.get_num_kv_heads(
+                                 config.parallel_config),
+                             head_size=HEAD_DIM, dtype=torch.bfloat16)
+    return PodAttentionMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
+
+
+@pytest.fixture
+def builder(monkeypatch, model_dir):
     config = make_config(model_dir)
-    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=NUM_KV_HEADS, head_size=HEAD_DIM,
-                             dtype=torch.bfloat16)
     with set_current_vllm_config(config):
-        yield PodAttentionMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
+        yield make_builder(monkeypatch, config)
 
 
 def batch(query_lens, seq_lens, num_tokens=None) -> CommonAttentionMetadata:
@@ -370,11 +387,11 @@ def test_builder_contract(builder):
     assert (planner.num_sms, planner.ctas_per_sm) == (NUM_SMS, CTAS_PER_SM)
 
 
-def check_coverage(plan, query_lens, seq_lens):
+def check_coverage(plan, query_lens, seq_lens, num_q_heads=NUM_Q_HEADS, num_kv_heads=NUM_KV_HEADS):
     """Every (query token, query head) of every request is covered by work items whose key
     ranges are disjoint and together span [0, E) with position < E <= seq_len; padding rows
     (query length 0) get no work."""
-    group = NUM_Q_HEADS // NUM_KV_HEADS
+    group = num_q_heads // num_kv_heads
     starts = [sum(query_lens[:r]) for r in range(len(query_lens))]
     spans: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for it in plan.items:
@@ -387,7 +404,7 @@ def check_coverage(plan, query_lens, seq_lens):
                 spans.setdefault((t, int(it[F["kv_head"]]) * group + h), []).append(
                     (int(it[F["kv_start"]]), int(it[F["kv_end"]])))
     expected = {(starts[r] + i, h) for r, q in enumerate(query_lens) for i in range(q)
-                for h in range(NUM_Q_HEADS)}
+                for h in range(num_q_heads)}
     assert set(spans) == expected
     for (t, _), ranges in spans.items():
         r = max(i for i, s in enumerate(starts) if s <= t and query_lens[i] > 0)
@@ -452,6 +469,32 @@ def test_builder_splits_batches_as_vllm_does(builder):
         cm = batch(query_lens, [q + rng.randint(0, 100) for q in query_lens])
         assert builder._split_decodes_and_prefills(cm) == split_decodes_and_prefills(
             cm, decode_threshold=builder.reorder_batch_threshold)
+
+
+@pytest.fixture(scope="module")
+def llama_70b_dir(model_dir):
+    """Llama-3-70B's attention: 64 query heads over 8 KV heads, head dim 128."""
+    return model_variant(model_dir, "llama-70b-attention", num_attention_heads=64,
+                         num_key_value_heads=8, hidden_size=64 * HEAD_DIM)
+
+
+@pytest.mark.parametrize("tensor_parallel_size, rank_heads",
+                         [(2, (32, 4)), (4, (16, 2)), (8, (8, 1))], ids=["tp2", "tp4", "tp8"])
+def test_builder_plans_one_tensor_parallel_ranks_heads(monkeypatch, llama_70b_dir,
+                                                       tensor_parallel_size, rank_heads):
+    """With tensor parallelism every rank runs attention over its share of the heads, and its
+    builder must plan for that share: vLLM's per-rank head counts come from the parallel config's
+    size alone, so no distributed setup is needed to build the rank's builder."""
+    config = make_config(llama_70b_dir, tensor_parallel_size=tensor_parallel_size)
+    with set_current_vllm_config(config):
+        builder = make_builder(monkeypatch, config)
+        planner = builder.planner
+        assert (planner.num_q_heads, planner.num_kv_heads, planner.head_dim) == (
+            *rank_heads, HEAD_DIM)
+        query_lens, seq_lens, _, split, _ = CASES["mixed_long_decodes"]
+        md = builder.build(common_prefix_len=0, common_attn_metadata=batch(query_lens, seq_lens))
+    assert (md.num_decodes, md.num_prefills) == split[:2] and md.plan is not None
+    check_coverage(md.plan, query_lens, seq_lens, *rank_heads)
 
 
 def test_builder_many_prefills(builder):

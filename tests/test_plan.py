@@ -114,8 +114,17 @@ BATCHES = {
 }
 
 
-@pytest.mark.parametrize("name", BATCHES)
-@pytest.mark.parametrize("heads", [(4, 1), (4, 4), (8, 2), (6, 2), (32, 1)])
+# (query heads, KV heads): every shape on every batch, and one tensor-parallel rank's share of
+# Llama-3-70B's 64/8 heads (TP 2, 4, 8) on the hybrid batches (decodes with prefill chunks).
+HEADS = [(4, 1), (4, 4), (8, 2), (6, 2), (32, 1)]
+TP_RANK_HEADS = [(32, 4), (16, 2), (8, 1)]
+BATCH_HEADS = ([(name, heads) for name in BATCHES for heads in HEADS]
+               + [(name, heads) for name in ("mixed", "one_token_chunks", "long_context_splits")
+                  for heads in TP_RANK_HEADS])
+
+
+@pytest.mark.parametrize("name, heads", BATCH_HEADS,
+                         ids=[f"{name}-q{hq}-kv{hkv}" for name, (hq, hkv) in BATCH_HEADS])
 @pytest.mark.parametrize("prefill_rows", [64, 128])  # the mma.sync and the Hopper prefill tile
 def test_plan_executes_to_reference(name, heads, prefill_rows):
     decodes, prefills = BATCHES[name]
