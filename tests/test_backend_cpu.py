@@ -20,6 +20,8 @@ import vllm.envs as envs
 from vllm.config import (
     AttentionConfig,
     CacheConfig,
+    CompilationConfig,
+    CUDAGraphMode,
     DeviceConfig,
     ModelConfig,
     ParallelConfig,
@@ -74,7 +76,8 @@ def model_variant(model_dir, name, **overrides) -> str:
     return str(path)
 
 
-def make_config(model_dir, *, tensor_parallel_size=1, **attention) -> VllmConfig:
+def make_config(model_dir, *, tensor_parallel_size=1, compilation_config=None,
+                **attention) -> VllmConfig:
     return VllmConfig(
         model_config=ModelConfig(model=model_dir, skip_tokenizer_init=True, dtype="bfloat16",
                                  max_model_len=4096),
@@ -82,6 +85,7 @@ def make_config(model_dir, *, tensor_parallel_size=1, **attention) -> VllmConfig
         cache_config=CacheConfig(block_size=16),
         parallel_config=ParallelConfig(tensor_parallel_size=tensor_parallel_size),
         attention_config=AttentionConfig(**attention),
+        compilation_config=compilation_config or CompilationConfig(),
     )
 
 
@@ -380,7 +384,7 @@ def test_builder_contract(builder):
     assert builder.reorder_batch_threshold == 1
     assert (PodAttentionMetadataBuilder.get_cudagraph_support(builder.vllm_config,
                                                                builder.kv_cache_spec)
-            == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE)
+            == AttentionCGSupport.ALWAYS)
     planner = builder.planner
     assert (planner.group, planner.num_kv_heads, planner.head_dim, planner.block_size) == (
         NUM_Q_HEADS // NUM_KV_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK)
@@ -509,10 +513,44 @@ def test_builder_many_prefills(builder):
 
 
 def test_builder_cudagraph_capture(builder):
-    # vLLM captures full graphs only for uniform single-token decode batches (padded).
+    # Where full graphs hold only uniform decode batches (the default mode), FA3 is captured.
+    assert builder.vllm_config.compilation_config.cudagraph_mode.mixed_mode() != CUDAGraphMode.FULL
     md = builder.build_for_cudagraph_capture(batch([1] * 4 + [0] * 4, [1] * 4 + [0] * 4, 8))
     assert md.plan is None and md.num_decodes == 8 and md.num_actual_tokens == 8
     assert md.fa_metadata.max_query_len == 1
+
+
+@pytest.mark.parametrize("mode", ["FULL", "FULL_AND_PIECEWISE", "FULL_DECODE_ONLY", "PIECEWISE"])
+def test_vllm_keeps_every_cudagraph_mode(model_dir, mode):
+    """vLLM downgrades a mode that the backend's declared support cannot serve; POD's must not be."""
+    config = make_config(model_dir, compilation_config=CompilationConfig(cudagraph_mode=mode))
+    support = PodAttentionMetadataBuilder.get_cudagraph_support(config, None)
+    compilation = config.compilation_config
+    compilation.cudagraph_mode = CUDAGraphMode[mode]  # as the user asked, before vLLM resolves it
+    resolved = compilation.resolve_cudagraph_mode_and_sizes(support, "POD")
+    assert resolved == CUDAGraphMode[mode]
+
+
+@pytest.mark.parametrize("name", ["decode_only", "prefill_only", "mixed", "padded_decodes"])
+def test_full_graphs_of_mixed_batches_run_every_batch_fused(monkeypatch, model_dir, name):
+    """Under cudagraph_mode FULL a graph captured for one batch replays for batches of any
+    composition of the same padded size: every batch, captured or built, must take the fused
+    kernel (the plan), never FA3's, and the plan must cover exactly the batch's real rows."""
+    query_lens, seq_lens, num_tokens = {
+        "decode_only": ([1, 1, 1], [5, 17, 33], None),
+        "prefill_only": ([7, 40], [7, 90], None),
+        "mixed": ([1, 1, 30], [9, 300, 64], None),
+        "padded_decodes": ([1] * 3 + [0] * 5, [40, 2, 7] + [0] * 5, 8),
+    }[name]
+    config = make_config(model_dir, compilation_config=CompilationConfig(cudagraph_mode="FULL"))
+    config.compilation_config.cudagraph_mode = CUDAGraphMode.FULL  # as vLLM resolves it
+    with set_current_vllm_config(config):
+        builder = make_builder(monkeypatch, config)
+        cm = batch(query_lens, seq_lens, num_tokens)
+        for md in (builder.build(0, cm), builder.build_for_cudagraph_capture(cm)):
+            assert md.plan is not None and md.fa_metadata is None
+            assert md.num_actual_tokens == cm.num_actual_tokens
+            check_coverage(md.plan, query_lens, seq_lens)
 
 
 def test_plans_reuse_persistent_buffers(builder):

@@ -5,7 +5,10 @@ through POD (our builder + impl) and through vLLM's FLASH_ATTN (its builder + im
 - hybrid batches: POD runs the fused kernel and its output equals FLASH_ATTN's (bf16/fp16
   tolerance); the KV write goes through POD's do_kv_cache_update;
 - pure-decode batches under a full CUDA graph: replaying the captured graph with new, padded
-  batches equals eager execution.
+  batches equals eager execution;
+- under cudagraph_mode FULL (full graphs of mixed batches): one graph, captured for a hybrid
+  batch, replayed for hybrid, decode-only and prefill-only batches of the same padded size,
+  equals FLASH_ATTN.
 
 Every run draws fresh random lengths, block placements and values; outputs start as NaN.
 """
@@ -21,6 +24,7 @@ import torch
 from vllm.config import (
     CacheConfig,
     CompilationConfig,
+    CUDAGraphMode,
     ModelConfig,
     VllmConfig,
     set_current_vllm_config,
@@ -259,3 +263,72 @@ def test_full_graph_decode_replay_matches_eager(model_dirs, dtype):
             torch.testing.assert_close(
                 out[:real], eager[:real], **TOL[dtype],
                 msg=lambda m: f"seed {seed}, {real} real rows, seq_lens {ctx}: {m}")
+
+
+def padded_batch(rng: random.Random, kind: str, num_reqs: int, num_tokens: int, block_size: int):
+    """Query and sequence lengths of `kind` (hybrid, decodes, prefills) in num_reqs request slots
+    and at most num_tokens tokens; unused slots are padding (query length 0, seq_len 0)."""
+    decodes = {"hybrid": rng.randint(1, num_reqs - 2), "decodes": rng.randint(1, num_reqs),
+               "prefills": 0}[kind]
+    prefills = 0 if kind == "decodes" else rng.randint(1, min(3, num_reqs - decodes))
+    budget = num_tokens - decodes
+    chunks = [rng.randint(2, budget // prefills) for _ in range(prefills)]
+    context = lambda: max(1, rng.choice([1, rng.randint(2, 4096),
+                                         block_size * rng.randint(1, 64) + rng.choice([-1, 0, 1])]))
+    seq_lens = ([context() for _ in range(decodes)]
+                + [c + rng.choice([0, rng.randint(1, 2048)]) for c in chunks])
+    query_lens = [1] * decodes + chunks
+    pad = num_reqs - len(query_lens)
+    return query_lens + [0] * pad, seq_lens + [0] * pad
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_full_graph_of_mixed_batches_replays_any_composition(model_dirs, dtype):
+    num_reqs, num_tokens = 16, 512  # the captured (padded) batch
+    s = make_setup(model_dirs, 32, 8, 128, 16, dtype, CompilationConfig(
+        cudagraph_mode="FULL", cudagraph_capture_sizes=[num_tokens]))
+    assert s.config.compilation_config.cudagraph_mode.mixed_mode() == CUDAGraphMode.FULL
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    layer = Layer()
+    width = MAX_MODEL_LEN // s.block_size
+    num_blocks = num_reqs * (6200 // s.block_size + 2) + 1
+    kv_cache = new_kv_cache(s, num_blocks)
+    with set_current_vllm_config(s.config):
+        builder, fa_builder = s.builders()
+        pod, fa = s.impls()
+        query = torch.randn(num_tokens, 32, 128, dtype=dtype, device="cuda")
+        key = torch.randn(num_tokens, 8, 128, dtype=dtype, device="cuda")  # not written: the
+        value = torch.randn_like(key)                                       # cache is filled
+        out = torch.full_like(query, float("nan"))
+
+        query_lens, seq_lens = padded_batch(rng, "hybrid", num_reqs, num_tokens, s.block_size)
+        table = block_tables(s, seq_lens, num_blocks, width=width)
+        cm, buffers = common_metadata(s, query_lens, seq_lens, table, num_tokens=num_tokens)
+        md = builder.build_for_cudagraph_capture(cm)
+        assert md.plan is not None
+        pod.forward(layer, query, key, value, kv_cache, md, out)  # warm-up outside the graph
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            pod.forward(layer, query, key, value, kv_cache, md, out)
+
+        for kind in ("hybrid", "decodes", "prefills", "hybrid", "decodes", "prefills"):
+            query_lens, seq_lens = padded_batch(rng, kind, num_reqs, num_tokens, s.block_size)
+            table = block_tables(s, seq_lens, num_blocks, width=width)
+            cm, _ = common_metadata(s, query_lens, seq_lens, table, num_tokens=num_tokens,
+                                    buffers=buffers)
+            replay_md = builder.build(0, cm)  # refills the plan's persistent buffers
+            assert replay_md.plan is not None, "under FULL every batch must take the fused path"
+            query.copy_(torch.randn_like(query))
+            out.fill_(float("nan"))
+            graph.replay()
+            real = sum(query_lens)
+            expected = torch.full_like(out, float("nan"))
+            fa.forward(layer, query, key, value, kv_cache, fa_builder.build(0, cm), expected)
+            torch.cuda.synchronize()
+            assert not out[:real].isnan().any(), f"{kind}: the replay left rows unwritten"
+            torch.testing.assert_close(
+                out[:real], expected[:real], **TOL[dtype],
+                msg=lambda m: f"seed {seed}, {kind}, lengths {query_lens} {seq_lens}: {m}")

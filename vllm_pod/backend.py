@@ -6,8 +6,13 @@ fusion, so it runs through vLLM's own FlashAttention (FA3) builder and impl, unc
 those batches exactly as fast as FLASH_ATTN and gives full CUDA graphs for pure-decode batches the
 way FLASH_ATTN captures them. `PodAttentionMetadataBuilder._build` is the one place that chooses.
 
-CUDA graphs: full graphs for uniform single-token decode batches (FA3 inside), piecewise for the
-rest; mixed batches run the fused kernel eagerly between graph pieces.
+CUDA graphs: every mode vLLM offers (AttentionCGSupport.ALWAYS). Where full graphs hold only
+uniform decode batches (FULL_AND_PIECEWISE, the default, and FULL_DECODE_ONLY), those run FA3
+inside the graph and mixed batches run the fused kernel eagerly between graph pieces. Where full
+graphs hold mixed batches too (FULL), a graph captured for one batch replays for batches of any
+composition with the same padded size, so the kernel it holds must not depend on the composition:
+there every batch runs the fused kernel, whose plan lives in persistent buffers that build()
+refills before each replay.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from vllm._custom_ops import reshape_and_cache_flash
-from vllm.config import VllmConfig, get_current_vllm_config_or_none
+from vllm.config import CUDAGraphMode, VllmConfig, get_current_vllm_config_or_none
 from vllm.logger import init_logger
 from vllm.platforms.interface import DeviceCapability
 from vllm.v1.attention.backend import (
@@ -182,10 +187,8 @@ def _device_occupancy(device: torch.device, dtype: torch.dtype, head_dim: int) -
 
 
 class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]):
-    # Full graphs for pure-decode batches (FA3 captured as FLASH_ATTN captures it); mixed batches
-    # run piecewise, the fused kernel between the pieces.
-    _cudagraph_support: ClassVar[AttentionCGSupport] = (
-        AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE)
+    # Full graphs of any batch: see the module docstring for which kernel each mode captures.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
     # Decodes (query length 1) first: the kernel and split_decodes_and_prefills rely on it.
     reorder_batch_threshold: int = 1
 
@@ -238,19 +241,27 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
         return (first_prefill, cm.num_reqs - first_prefill, num_decode_tokens,
                 cm.num_actual_tokens - num_decode_tokens)
 
+    def _full_graphs_hold_mixed_batches(self) -> bool:
+        """Whether a full CUDA graph may replay for batches of another composition than the one
+        it captured. Read per call: vLLM settles the mode after the builders are made."""
+        mode = self.vllm_config.compilation_config.cudagraph_mode
+        return mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL
+
     def _build(self, cm: CommonAttentionMetadata,
                build_fa: Callable[[], FlashAttentionMetadata]) -> PodAttentionMetadata:
         num_decodes, num_prefills, num_decode_tokens, num_prefill_tokens = (
             self._split_decodes_and_prefills(cm))
         plan = fa_metadata = None
-        if num_decodes > 0 and num_prefills > 0:
+        hybrid = num_decodes > 0 and num_prefills > 0
+        if hybrid or self._full_graphs_hold_mixed_batches():
             # CPU lengths only: no device->host sync. Padding rows (query length 0) get no work.
             plan = self.planner.plan(cm.query_start_loc_cpu, compat.seq_lens_cpu(cm), num_decodes)
-            POD_STATS["hybrid_batches"] += 1
-            if POD_STATS["hybrid_batches"] in (1, 10) or POD_STATS["hybrid_batches"] % 10000 == 0:
-                # At INFO, so a serving log shows the fused path ran without debug logging.
-                logger.info("POD: %d hybrid batches planned for the fused kernel so far",
-                            POD_STATS["hybrid_batches"])
+            if hybrid:
+                POD_STATS["hybrid_batches"] += 1
+                n = POD_STATS["hybrid_batches"]
+                if n in (1, 10) or n % 10000 == 0:
+                    # At INFO, so a serving log shows the fused path ran without debug logging.
+                    logger.info("POD: %d hybrid batches planned for the fused kernel so far", n)
             logger.debug("POD fused batch: %d decodes, %d prefills (%d tokens), %d prefill + %d "
                          "decode work items", num_decodes, num_prefills, num_prefill_tokens,
                          plan.num_prefill_items, plan.num_decode_items)
