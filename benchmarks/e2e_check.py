@@ -1,8 +1,8 @@
 """End-to-end check on a GPU that fails when POD's attention is wrong.
 
 A small Llama-shaped checkpoint with random weights (std 0.02, written here with the project's
-tokenizer) runs in vLLM (its offline API, eager mode, one process per backend) with FLASH_ATTN and
-with POD (VLLM_ATTENTION_BACKEND=POD). Each computes teacher-forced prompt log-probabilities
+tokenizer) runs in vLLM (its offline API, eager unless --cudagraph-mode says otherwise, one
+process per backend) with FLASH_ATTN and with POD (VLLM_ATTENTION_BACKEND=POD). Each computes teacher-forced prompt log-probabilities
 (vLLM's `prompt_logprobs`) of the same token-id prompts:
 
 - together: long prompts prefilled in chunks (--max-num-batched-tokens 512) while short ones
@@ -16,6 +16,10 @@ FLASH_ATTN together must stay within TOLERANCE_MULTIPLE times it plus a small fl
 must show fused hybrid batches. Prints PASS or FAIL with the numbers and writes summary.json.
 
     python -m benchmarks.e2e_check --out /tmp/e2e [--model-runner v1] [--tensor-parallel-size 2]
+                                   [--cudagraph-mode FULL]
+
+--cudagraph-mode runs both backends under CUDA graphs of that vLLM mode instead of eagerly (FULL:
+full graphs of mixed batches too, where every POD batch runs the fused kernel).
 
 A build with POD_NVCC_FLAGS=-DPOD_PLANT_CAUSAL_SHIFT=1 lets each query row see the next key too
 (csrc/pod/attention_tile.cuh); the check must FAIL on it.
@@ -63,7 +67,8 @@ DECODE_TOKENS = 64  # the short requests decode through all the long prompts' ch
 TOLERANCE_MULTIPLE = 3.0
 FLOOR = dict(max=0.05, mean=0.01)
 
-FUSED_LINE = re.compile(r"POD fused batch")
+# Hybrid batches only: under full graphs of mixed batches POD fuses single-phase batches too.
+FUSED_LINE = re.compile(r"POD fused batch: [1-9]\d* decodes, [1-9]\d* prefills")
 V2_RUNNER_LINE = "Using V2 Model Runner"  # vLLM 0.26 logs this when it picks model runner V2
 
 
@@ -123,7 +128,9 @@ def run_backend(args) -> None:
     from vllm.inputs import TokensPrompt
 
     requests = json.loads(Path(args.requests).read_text())
-    llm = LLM(model=args.model, dtype="bfloat16", seed=0, enforce_eager=True,
+    graphs = args.cudagraph_mode != "NONE"
+    llm = LLM(model=args.model, dtype="bfloat16", seed=0, enforce_eager=not graphs,
+              compilation_config={"cudagraph_mode": args.cudagraph_mode} if graphs else None,
               max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=CHUNK_TOKENS, max_num_seqs=64,
               enable_chunked_prefill=True, enable_prefix_caching=False,
               tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=0.5,
@@ -203,7 +210,8 @@ def serve(backend: str, args, model_dir: Path, requests_path: Path, alone: bool)
         env["VLLM_USE_V2_MODEL_RUNNER"] = "1" if args.model_runner == "v2" else "0"
     cmd = [sys.executable, "-m", "benchmarks.e2e_check", "--backend", backend, "--model",
            str(model_dir), "--requests", str(requests_path), "--result", str(result),
-           "--tensor-parallel-size", str(args.tensor_parallel_size), "--out", str(out)]
+           "--tensor-parallel-size", str(args.tensor_parallel_size), "--out", str(out),
+           "--cudagraph-mode", args.cudagraph_mode]
     with log.open("w") as f:
         rc = subprocess.run(cmd + (["--alone"] if alone else []), env=env, stdout=f,
                             stderr=subprocess.STDOUT, timeout=args.timeout).returncode
@@ -224,6 +232,8 @@ def main() -> int:
     ap.add_argument("--model-runner", choices=("auto", "v1", "v2"), default="auto",
                     help="force vLLM's model runner (VLLM_USE_V2_MODEL_RUNNER); auto: vLLM's "
                          "choice (V2 for dense models on vLLM 0.26)")
+    ap.add_argument("--cudagraph-mode", default="NONE",
+                    help="vLLM's cudagraph_mode for both backends (NONE: eager)")
     ap.add_argument("--long", type=int, default=6, help="long prompts")
     ap.add_argument("--short", type=int, default=8, help="short prompts")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per backend's run")
@@ -257,7 +267,7 @@ def main() -> int:
         pod_together_vs_flash_attn_alone=logprob_diff(pod["together"], fa["alone"]),
         tolerance=dict(multiple=TOLERANCE_MULTIPLE, floor=FLOOR),
         pod_fused_batches=pod_facts["fused_batches"], model_runner=pod_facts["model_runner"],
-        tensor_parallel_size=args.tensor_parallel_size,
+        tensor_parallel_size=args.tensor_parallel_size, cudagraph_mode=args.cudagraph_mode,
         requests=dict(long=args.long, short=args.short,
                       prompt_tokens=sum(len(r["prompt_token_ids"]) for r in requests)),
         chunk_tokens=CHUNK_TOKENS, model=MODEL_CONFIG | dict(weight_std=WEIGHT_STD))

@@ -217,7 +217,9 @@ def test_criterion_tells_rounding_from_the_planted_causal_shift(checkpoint):
 def test_log_facts_count_fused_batches_and_name_the_model_runner():
     v2 = ("(Worker_TP0 pid=1) INFO [gpu_worker.py:378] Using V2 Model Runner\n"
           "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n"
-          "(Worker_TP1 pid=2) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n")
+          "(Worker_TP1 pid=2) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n"
+          "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 0 decodes, 2 prefills\n"
+          "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 16 decodes, 0 prefills\n")
     assert log_facts(v2) == dict(fused_batches=2, model_runner="v2")
     assert log_facts("(EngineCore pid=3) INFO Loading model\n") == dict(fused_batches=0,
                                                                         model_runner="v1")
