@@ -124,6 +124,31 @@ def time_builds(config, builder, batches, sync) -> list[float]:
     return times[len(times) // 10:]  # the first tenth is warm-up
 
 
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Median build() time per batch shape, POD beside FLASH_ATTN, bars to the p90."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    width = 0.38
+    for offset, label, key in ((-width / 2, "POD", "pod"), (width / 2, "FLASH_ATTN", "fa")):
+        if f"{key}_median_us" not in rows[0]:
+            continue
+        x = [i + offset for i in range(len(rows))]
+        med = [r[f"{key}_median_us"] for r in rows]
+        ax.bar(x, med, width, label=f"{label} build()")
+        ax.errorbar(x, med, yerr=[[0] * len(rows), [r[f"{key}_p90_us"] - m for r, m in zip(rows, med)]],
+                    fmt="none", ecolor="k", capsize=2)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['batch']}\n{r['reqs']} reqs" for r in rows], fontsize=7)
+    ax.set_ylabel("us per call (median, bar to p90)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -132,6 +157,7 @@ def main() -> None:
     ap.add_argument("--ctas-per-sm", type=int, default=2, help="CPU only")
     ap.add_argument("--prefill-rows", type=int, default=128, help="CPU only")
     ap.add_argument("--json", help="also write the table here")
+    ap.add_argument("--plot", help="also draw it here (PNG)")
     args = ap.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -156,6 +182,8 @@ def main() -> None:
               f"{row['pod_p90_us']:7.1f} | {fa_cols}")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(device=str(device), rows=rows), indent=1))
+    if args.plot:
+        plot(rows, args.plot, f"Metadata builder host cost ({device.type} host)")
 
 
 if __name__ == "__main__":
