@@ -16,6 +16,22 @@
 
 namespace pod {
 
+// An item as every mainloop walks it: key tiles of `keys` keys from kv_start, the first of them
+// that needs the mask, and the sequence positions of a thread's query rows.
+__device__ __forceinline__ int num_kv_tiles(const WorkItem& it, int keys) {
+  return (it.kv_end - it.kv_start + keys - 1) / keys;
+}
+// Tiles starting past this need the mask (the causal diagonal or the end of the key range).
+__device__ __forceinline__ int first_masked_after(const WorkItem& it, int keys) {
+  return min(it.kv_end, it.q_pos0 + 1) - keys;
+}
+// A lane's two rows (lane / 4, and 8 below it) of the 16-row slice that starts at the item's query
+// row row0 (rows are token-major, heads minor).
+__device__ __forceinline__ void thread_row_positions(const WorkItem& it, int row0, int lane, int (&pos)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) pos[r] = it.q_pos0 + (row0 + (lane >> 2) + 8 * r) / it.nh;
+}
+
 // Running softmax state of one warp over M m16 tiles of rows: thread (g = lane/4, c = lane%4)
 // holds rows 16*mt + g and 16*mt + g + 8, output columns 8*j + 2c, 8*j + 2c + 1 of each 8-column j.
 template <class Cfg, int M>

@@ -53,16 +53,12 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   int row_pos[kM][2];  // sequence positions of this thread's rows
 #pragma unroll
   for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      row_pos[mt][r] =
-          it.q_pos0 + ((kIsDecode ? 0 : Cfg::prefill_row(warp, mt)) + (lane >> 2) + 8 * r) / it.nh;
-  // Tiles starting past this need the mask (causal diagonal or the end of the key range).
-  const int mask_from = min(it.kv_end, it.q_pos0 + 1) - kKeys;
+    thread_row_positions(it, kIsDecode ? 0 : Cfg::prefill_row(warp, mt), lane, row_pos[mt]);
+  const int mask_from = first_masked_after(it, kKeys);
 
   WarpState<Cfg, kM> st;
   st.init();
-  const int num_tiles = (it.kv_end - it.kv_start + kKeys - 1) / kKeys;
+  const int num_tiles = num_kv_tiles(it, kKeys);
   load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
   // One commit group per K/V tile, into its stage of the ring: waiting for tile t leaves the (up
   // to kStages - 2) newer ones in flight.
@@ -139,7 +135,7 @@ __device__ __forceinline__ void run_team_items(const PodParams& p, char* smem, I
     if (team.leader()) {
       slot.index = take(&slot.kind);
       if (slot.index >= 0)
-        slot.item = reinterpret_cast<const WorkItem*>(p.plan + PLAN_HEADER_INTS)[slot.index];
+        slot.item = plan_item(p.plan, slot.index);
     }
     team.sync();
     if (slot.index < 0) break;

@@ -66,7 +66,7 @@ __device__ __forceinline__ void run_producer(const PodParams& p, const typename 
     if (tid == 0) {
       const int index = sched.take(kPrefill);
       sh.producer_index[b] = index;
-      if (index >= 0) sh.producer_item[b] = reinterpret_cast<const WorkItem*>(p.plan + PLAN_HEADER_INTS)[index];
+      if (index >= 0) sh.producer_item[b] = plan_item(p.plan, index);
     }
     named_barrier_sync(WS::kProducerBar, 128);
     const int index = sh.producer_index[b];
@@ -103,9 +103,7 @@ __device__ __forceinline__ void run_consumer(const PodParams& p, const typename 
     const uint32_t start = trace_clock();
     const int used = it.n_tok * it.nh;
     int row_pos[1][2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      row_pos[0][r] = it.q_pos0 + (Cfg::prefill_row(warp, slice) + (lane >> 2) + 8 * r) / it.nh;
+    thread_row_positions(it, Cfg::prefill_row(warp, slice), lane, row_pos[0]);
     WarpState<Cfg, 1> st;
     st.init();
     consume_item<Cfg>(p, it, ring, pos, slice, st, row_pos);

@@ -56,10 +56,6 @@ struct RingPositions {
   RingPos<Ring::kVStages> v;
 };
 
-__device__ __forceinline__ int num_kv_tiles(const WorkItem& it, int keys) {
-  return (it.kv_end - it.kv_start + keys - 1) / keys;
-}
-
 // The producer's part of one item (all 128 producer threads; tid is a thread's index among them):
 // the query rows (its caller waited for q_empty), then each tile's K and V, copied together (one
 // page lookup) once both rings have a free stage.
@@ -101,7 +97,7 @@ __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem&
   using T = typename Cfg::T;
   constexpr int NK = Ring::kKeys;
   const int num_tiles = num_kv_tiles(it, NK);
-  const int mask_from = min(it.kv_end, it.q_pos0 + 1) - NK;  // tiles starting past this are masked
+  const int mask_from = first_masked_after(it, NK);
   float s[NK / 8][4];
   uint32_t pf[NK / 16][4];  // P_{t-1}, the A operand of the P V in flight
   float alpha[2];

@@ -12,6 +12,11 @@ namespace pod {
 
 enum Kind : int { kPrefill = 0, kDecode = 1 };
 
+// Item `index` of the plan (what the scheduler's take/next return).
+__device__ __forceinline__ const WorkItem& plan_item(const int* plan, int index) {
+  return reinterpret_cast<const WorkItem*>(plan + PLAN_HEADER_INTS)[index];
+}
+
 struct Scheduler {
   const int* plan;
   int* counters;
