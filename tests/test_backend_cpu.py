@@ -331,6 +331,12 @@ def test_selection_logs_that_pod_serves(monkeypatch, model_dir, extension_loads)
     assert lines == ["Using POD attention (vllm-pod): hybrid prefill+decode batches run its "
                      "fused kernel, the others FLASH_ATTN's kernels"]
     lines.clear()
+    config = make_config(model_dir, backend="CUSTOM")
+    config.compilation_config.cudagraph_mode = CUDAGraphMode.FULL  # as a GPU config keeps it
+    select(config)
+    assert lines == ["Using POD attention (vllm-pod): every batch runs its fused kernel (full "
+                     "CUDA graphs of mixed batches)"]
+    lines.clear()
     with pytest.raises(ValueError):
         select(_with_speculative_decoding(make_config(model_dir, backend="CUSTOM")))
     assert lines == []  # a refused selection does not claim POD

@@ -121,8 +121,11 @@ class PodAttentionBackend(AttentionBackend):
             reasons += _unsupported_features(vllm_config)
         if not reasons:
             # The way to confirm which backend served: vLLM itself only names CUSTOM (0.26).
-            logger.info_once("Using POD attention (vllm-pod): hybrid prefill+decode batches run "
-                             "its fused kernel, the others FLASH_ATTN's kernels")
+            logger.info_once("Using POD attention (vllm-pod): %s", (
+                "every batch runs its fused kernel (full CUDA graphs of mixed batches)"
+                if vllm_config is not None and _full_graphs_hold_mixed_batches(vllm_config)
+                else "hybrid prefill+decode batches run its fused kernel, the others FLASH_ATTN's "
+                     "kernels"))
         return reasons
 
     @classmethod
@@ -145,6 +148,13 @@ class PodAttentionBackend(AttentionBackend):
     @staticmethod
     def get_kv_cache_stride_order(include_num_layers_dimension: bool = False) -> tuple[int, ...]:
         return compat.kv_cache_stride_order(include_num_layers_dimension)
+
+
+def _full_graphs_hold_mixed_batches(vllm_config: VllmConfig) -> bool:
+    """Whether a full CUDA graph may replay for batches of another composition than the one it
+    captured (cudagraph_mode FULL): then every batch must run the fused kernel."""
+    mode = vllm_config.compilation_config.cudagraph_mode
+    return mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL
 
 
 def _unsupported_features(vllm_config: VllmConfig) -> list[str]:
@@ -241,19 +251,14 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
         return (first_prefill, cm.num_reqs - first_prefill, num_decode_tokens,
                 cm.num_actual_tokens - num_decode_tokens)
 
-    def _full_graphs_hold_mixed_batches(self) -> bool:
-        """Whether a full CUDA graph may replay for batches of another composition than the one
-        it captured. Read per call: vLLM settles the mode after the builders are made."""
-        mode = self.vllm_config.compilation_config.cudagraph_mode
-        return mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL
-
     def _build(self, cm: CommonAttentionMetadata,
                build_fa: Callable[[], FlashAttentionMetadata]) -> PodAttentionMetadata:
         num_decodes, num_prefills, num_decode_tokens, num_prefill_tokens = (
             self._split_decodes_and_prefills(cm))
         plan = fa_metadata = None
         hybrid = num_decodes > 0 and num_prefills > 0
-        if hybrid or self._full_graphs_hold_mixed_batches():
+        # The mode is read per call: vLLM settles it after the builders are made.
+        if hybrid or _full_graphs_hold_mixed_batches(self.vllm_config):
             # CPU lengths only: no device->host sync. Padding rows (query length 0) get no work.
             plan = self.planner.plan(cm.query_start_loc_cpu, compat.seq_lens_cpu(cm), num_decodes)
             if hybrid:
