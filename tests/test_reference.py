@@ -10,7 +10,7 @@ from vllm_pod.reference import reference_attention
 from vllm_pod.testing import KV_LAYOUTS, make_batch, sub_batch
 
 
-def naive_attention(b):
+def naive_attention(b, window=None, soft_cap=None, sinks=None):
     """One query token and one head at a time, straight from the block table."""
     out = torch.full(b.query.shape, float("nan"), dtype=torch.float64)
     hq, hkv = b.query.shape[1], b.key_cache.shape[2]
@@ -24,13 +24,16 @@ def naive_attention(b):
                 kvh = h // (hq // hkv)
                 q = b.query[qsl[r] + i, h].double()
                 logits, values = [], []
-                for j in range(pos + 1):
+                for j in range(pos + 1 - min(pos + 1, window or pos + 1), pos + 1):
                     blk = int(b.block_table[r, j // bs])
-                    logits.append(float(q @ b.key_cache[blk, j % bs, kvh].double()) * b.scale)
+                    x = float(q @ b.key_cache[blk, j % bs, kvh].double()) * b.scale
+                    logits.append(soft_cap * math.tanh(x / soft_cap) if soft_cap else x)
                     values.append(b.value_cache[blk, j % bs, kvh].double())
-                m = max(logits)
+                sink = [] if sinks is None else [float(sinks[h])]
+                m = max(logits + sink)
                 w = torch.tensor([math.exp(x - m) for x in logits], dtype=torch.float64)
-                out[qsl[r] + i, h] = (w[:, None] * torch.stack(values)).sum(0) / w.sum()
+                denominator = w.sum() + sum(math.exp(x - m) for x in sink)
+                out[qsl[r] + i, h] = (w[:, None] * torch.stack(values)).sum(0) / denominator
     return out
 
 
@@ -42,6 +45,26 @@ def test_reference_matches_naive_loop(layout, seed):
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
                               b.query_start_loc, b.seq_lens, b.scale)
     torch.testing.assert_close(ref.double(), naive_attention(b), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window, soft_cap, with_sinks", [
+    (1, None, False), (7, None, False), (20, 5.0, False), (None, 2.0, False), (None, None, True),
+    (9, None, True), (30, 3.0, True)])
+def test_reference_features_match_naive_loop(window, soft_cap, with_sinks):
+    # Windows shorter than a block, than a prefill chunk, and longer than some sequences; caps
+    # that bind (scores of std ~1 at scale 1/4 against caps of 2-5); sinks of either sign.
+    b = make_batch([1, 16, 17], [(5, 5), (3, 40), (1, 33), (12, 30)], num_q_heads=4,
+                   num_kv_heads=2, head_dim=16, block_size=16, dtype=torch.float32, seed=5)
+    b.query *= 3
+    sinks = torch.tensor([2.0, -1.0, 0.5, 4.0]) if with_sinks else None
+    ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
+                              b.query_start_loc, b.seq_lens, b.scale, sliding_window=window,
+                              logits_soft_cap=soft_cap, sinks=sinks)
+    naive = naive_attention(b, window, soft_cap, sinks)
+    torch.testing.assert_close(ref.double(), naive, atol=1e-5, rtol=1e-5)
+    plain = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
+                                b.query_start_loc, b.seq_lens, b.scale)
+    assert (ref - plain).abs().max() > 1e-3, "the feature changes the output"
 
 
 def test_reference_rejects_nothing_silently():

@@ -2,6 +2,12 @@
 
 A request's q query tokens are the last q of its seq_len positions: token i sits at position
 seq_len - q + i and attends to every key position <= its own (a decode: q = 1, the whole sequence).
+The optional features follow vLLM's FLASH_ATTN backend:
+
+- sliding_window W: a token sees only the last W positions, its own included (keys > pos - W);
+- logits_soft_cap c: scaled scores s become c * tanh(s / c) before the softmax;
+- sinks: one logit per query head (natural log units) that joins every row's softmax
+  denominator without a value: rows are scaled by sum / (sum + exp(sink)).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int) 
 
 def reference_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                         block_table: torch.Tensor, query_start_loc: torch.Tensor,
-                        seq_lens: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+                        seq_lens: torch.Tensor, softmax_scale: float, *,
+                        sliding_window: int | None = None, logits_soft_cap: float | None = None,
+                        sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Returns float32 [num_tokens, num_q_heads, D]; rows of no request stay NaN."""
     out = torch.full(query.shape, float("nan"), dtype=torch.float32, device=query.device)
     group = query.shape[1] // key_cache.shape[2]
@@ -31,8 +39,19 @@ def reference_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cach
         k = gather_kv(key_cache, block_table[r], seq_len).float().repeat_interleave(group, 1)
         v = gather_kv(value_cache, block_table[r], seq_len).float().repeat_interleave(group, 1)
         scores = torch.einsum("qhd,khd->hqk", q, k) * softmax_scale
+        if logits_soft_cap:
+            scores = logits_soft_cap * torch.tanh(scores / logits_soft_cap)
         pos = torch.arange(seq_len - (q1 - q0), seq_len, device=q.device)
-        visible = torch.arange(seq_len, device=q.device)[None, :] <= pos[:, None]
+        key = torch.arange(seq_len, device=q.device)[None, :]
+        visible = key <= pos[:, None]
+        if sliding_window is not None:
+            visible &= key > pos[:, None] - sliding_window
         scores = scores.masked_fill(~visible, float("-inf"))
-        out[q0:q1] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+        if sinks is None:
+            probs = scores.softmax(-1)
+        else:
+            # The sink as one more column, dropped after the softmax.
+            sink = sinks.float().to(q.device)[:, None, None].expand(-1, q1 - q0, 1)
+            probs = torch.cat([scores, sink], -1).softmax(-1)[..., :-1]
+        out[q0:q1] = torch.einsum("hqk,khd->qhd", probs, v)
     return out
