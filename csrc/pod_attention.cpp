@@ -86,7 +86,8 @@ int64_t prefill_tile_rows(at::ScalarType dtype, int64_t head_dim) {
 void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                    const at::Tensor& value_cache, const at::Tensor& block_table,
                    const at::Tensor& plan, at::Tensor& counters, at::Tensor& workspace,
-                   double softmax_scale, int64_t ctas_per_sm, int64_t num_sms,
+                   double softmax_scale, double logits_soft_cap, int64_t sliding_window,
+                   const std::optional<at::Tensor>& sinks, int64_t ctas_per_sm, int64_t num_sms,
                    int64_t plan_prefill_rows) {
   const at::Tensor* all[] = {&out, &query, &key_cache, &value_cache, &block_table, &plan, &counters, &workspace};
   for (const at::Tensor* t : all)
@@ -126,6 +127,17 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   TORCH_CHECK(workspace.scalar_type() == at::kFloat && workspace.is_contiguous(),
               "workspace must be contiguous float32");
   TORCH_CHECK(ctas_per_sm >= 1 && num_sms >= 1, "ctas_per_sm and num_sms must be positive");
+  TORCH_CHECK(logits_soft_cap >= 0.0, "logits_soft_cap must be positive (0: none)");
+  TORCH_CHECK(sliding_window >= 0 && sliding_window < pod::kNoWindow,
+              "sliding_window must be a window of positions below 2^30 (0: none), got ", num(sliding_window));
+  if (sinks.has_value()) {
+    const at::ScalarType t = sinks->scalar_type();
+    TORCH_CHECK(sinks->is_cuda() && sinks->device() == query.device() && sinks->dim() == 1 &&
+                    sinks->size(0) == hq && sinks->is_contiguous(),
+                "sinks must be one contiguous logit per query head ([", num(hq), "]) on the query's device");
+    TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf,
+                "sinks must be float32, bfloat16 or float16");
+  }
 
   const int64_t ws_rows = workspace.numel() / (head_dim + 1);
   pod::PodParams p{};
@@ -153,6 +165,14 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   p.log2_block_size = __builtin_ctzll(block_size);
   p.scale_log2 = static_cast<float>(softmax_scale * 1.4426950408889634);
   p.ctas_per_sm = static_cast<int>(ctas_per_sm);
+  p.softcap_in = logits_soft_cap > 0.0 ? static_cast<float>(softmax_scale / logits_soft_cap) : 0.f;
+  p.softcap_out = logits_soft_cap > 0.0 ? static_cast<float>(logits_soft_cap / softmax_scale) : 0.f;
+  p.window_left = sliding_window > 0 ? static_cast<int>(sliding_window - 1) : pod::kNoWindow;
+  if (sinks.has_value()) {
+    p.sinks = sinks->data_ptr();
+    const at::ScalarType t = sinks->scalar_type();
+    p.sinks_dtype = t == at::kBFloat16 ? pod::kSinksBf16 : t == at::kHalf ? pod::kSinksHalf : pod::kSinksFloat;
+  }
 
   const c10::cuda::CUDAGuard guard(query.device());
   // A prefill item taller than the kernel's tile would lose its extra rows: refuse the plan.
@@ -173,7 +193,8 @@ TORCH_LIBRARY(vllm_pod, m) {
   m.def(
       "pod_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, "
       "Tensor block_table, Tensor plan, Tensor(b!) counters, Tensor(c!) workspace, "
-      "float softmax_scale, int ctas_per_sm, int num_sms, int plan_prefill_rows) -> ()");
+      "float softmax_scale, float logits_soft_cap, int sliding_window, Tensor? sinks, "
+      "int ctas_per_sm, int num_sms, int plan_prefill_rows) -> ()");
   m.impl("pod_attention", torch::kCUDA, &pod_attention);
   m.def("ctas_per_sm(ScalarType dtype, int head_dim) -> int", &ctas_per_sm);
   m.def("prefill_tile_rows(ScalarType dtype, int head_dim) -> int", &prefill_tile_rows);

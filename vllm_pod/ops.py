@@ -32,16 +32,24 @@ def extension_load_error() -> str | None:
 
 def pod_attention(out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
                   value_cache: torch.Tensor, block_table: torch.Tensor, plan: PodPlan,
-                  softmax_scale: float) -> None:
+                  softmax_scale: float, *, logits_soft_cap: float | None = None,
+                  sliding_window: int | None = None, sinks: torch.Tensor | None = None) -> None:
     """Attention of a whole hybrid batch in one launch, written into `out` in place.
 
     query/out: [num_tokens, num_q_heads, head_dim]; key_cache/value_cache: [num_blocks, block_size,
     num_kv_heads, head_dim] views with any strides (head dim contiguous); block_table:
-    [num_reqs, max_blocks] int32; plan: from PodPlanner.plan for this batch.
+    [num_reqs, max_blocks] int32; plan: from PodPlanner.plan for this batch. The options follow
+    vLLM's FLASH_ATTN (see vllm_pod.reference): logits_soft_cap, sliding_window (the layer's; a
+    plan made for a window only holds the keys inside it, so it must be this one) and sinks
+    ([num_q_heads] logits).
     """
+    if plan.sliding_window is not None and plan.sliding_window != sliding_window:
+        raise ValueError(f"the plan was made for sliding window {plan.sliding_window}, the layer "
+                         f"attends with {sliding_window}")
     _load_extension()
     torch.ops.vllm_pod.pod_attention(out, query, key_cache, value_cache, block_table, plan.buffer,
                                      plan.counters, plan.workspace, softmax_scale,
+                                     logits_soft_cap or 0.0, sliding_window or 0, sinks,
                                      plan.ctas_per_sm, plan.num_sms, plan.prefill_rows)
 
 

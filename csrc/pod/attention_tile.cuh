@@ -16,14 +16,21 @@
 
 namespace pod {
 
-// An item as every mainloop walks it: key tiles of `keys` keys from kv_start, the first of them
-// that needs the mask, and the sequence positions of a thread's query rows.
+// An item as every mainloop walks it: key tiles of `keys` keys from kv_start, which of them need
+// the per-key mask, and the sequence positions of a thread's query rows.
 __device__ __forceinline__ int num_kv_tiles(const WorkItem& it, int keys) {
   return (it.kv_end - it.kv_start + keys - 1) / keys;
 }
-// Tiles starting past this need the mask (the causal diagonal or the end of the key range).
-__device__ __forceinline__ int first_masked_after(const WorkItem& it, int keys) {
-  return min(it.kv_end, it.q_pos0 + 1) - keys;
+// The key tiles of an item that need the per-key mask: those past the causal diagonal or the end
+// of the key range, and those starting before the sliding window of the item's last row.
+struct TileMask {
+  int right_after, left_before;
+  __device__ __forceinline__ bool operator()(int tile_start) const {
+    return tile_start > right_after || tile_start < left_before;
+  }
+};
+__device__ __forceinline__ TileMask tile_mask(const WorkItem& it, int keys, int window_left) {
+  return {min(it.kv_end, it.q_pos0 + 1) - keys, it.q_pos0 + it.n_tok - 1 - window_left};
 }
 // A lane's two rows (lane / 4, and 8 below it) of the 16-row slice that starts at the item's query
 // row row0 (rows are token-major, heads minor).
@@ -51,7 +58,9 @@ struct WarpState {
   }
 
   // Sums l over the quad, normalises o in place and returns each row's log2-sum-exp (-inf if empty).
-  __device__ __forceinline__ void finalize(float scale_log2, float (&lse)[M][2]) {
+  // sink_log2: per row, a logit (log2 units) that joins the denominator without a value, or -inf.
+  __device__ __forceinline__ void finalize(float scale_log2, float (&lse)[M][2],
+                                           const float (&sink_log2)[M][2]) {
 #pragma unroll
     for (int mt = 0; mt < M; ++mt)
 #pragma unroll
@@ -59,6 +68,7 @@ struct WarpState {
         float& sum = l[mt][r];
         sum += __shfl_xor_sync(0xffffffff, sum, 1);
         sum += __shfl_xor_sync(0xffffffff, sum, 2);
+        if (sink_log2[mt][r] != -INFINITY) sum += exp2f(sink_log2[mt][r] - m[mt][r] * scale_log2);
         const float inv = sum > 0.f ? 1.f / sum : 0.f;
         lse[mt][r] = sum > 0.f ? m[mt][r] * scale_log2 + __log2f(sum) : -INFINITY;
 #pragma unroll
@@ -70,22 +80,39 @@ struct WarpState {
   }
 };
 
-// Masks (kMask) and folds one tile's raw scores s of m-tile mt into the running max and sum; on
-// return s holds the tile's probabilities, unnormalised (exp2 of scaled scores minus the running
-// max), and alpha the factor by which the m-tile's o must be rescaled (rescale_o) before this
-// tile's P V is added. pos: the sequence positions of this thread's two rows.
+// tanh(x) from one exp2: accurate to a few ulps of 1 over the whole range (tanh.approx.f32 is off
+// by up to 2^-11 relative, 0.02 of a logit capped at 50).
+__device__ __forceinline__ float tanh_exp2(float x) {
+  return 1.f - __fdividef(2.f, exp2f(x * 2.8853900817779268f) + 1.f);  // 2 log2(e)
+}
+
+// Soft-caps (p.softcap_in != 0), masks (kMask) and folds one tile's raw scores s of m-tile mt into
+// the running max and sum; on return s holds the tile's probabilities, unnormalised (exp2 of
+// scaled scores minus the running max), and alpha the factor by which the m-tile's o must be
+// rescaled (rescale_o) before this tile's P V is added. pos: the sequence positions of this
+// thread's two rows. The mask hides keys past kv_end, past the row (causal) and before the row's
+// sliding window.
 template <class Cfg, int M, int NK, bool kMask>
 __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, float (&s)[NK / 8][4],
                                                int key0, int kv_end, const int (&pos)[2],
-                                               float scale_log2, float (&alpha)[2]) {
+                                               const PodParams& p, float (&alpha)[2]) {
   const int lane = threadIdx.x & 31;
+  const float scale_log2 = p.scale_log2;
+  if (p.softcap_in != 0.f) {
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = tanh_exp2(s[j][e] * p.softcap_in) * p.softcap_out;
+  }
   if constexpr (kMask) {
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + j * 8 + 2 * (lane & 3) + (e & 1);
-        if (key >= kv_end || key > pos[e >> 1] + POD_PLANT_CAUSAL_SHIFT) s[j][e] = -INFINITY;
+        const int row_pos = pos[e >> 1];
+        if (key >= kv_end || key > row_pos + POD_PLANT_CAUSAL_SHIFT || key < row_pos - p.window_left)
+          s[j][e] = -INFINITY;
       }
   }
 
@@ -128,9 +155,9 @@ __device__ __forceinline__ void rescale_o(WarpState<Cfg, M>& st, int mt, const f
 template <class Cfg, int M, int NK, bool kMask>
 __device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int mt,
                                                       float (&s)[NK / 8][4], int key0, int kv_end,
-                                                      const int (&pos)[2], float scale_log2) {
+                                                      const int (&pos)[2], const PodParams& p) {
   float alpha[2];
-  online_softmax<Cfg, M, NK, kMask>(st, mt, s, key0, kv_end, pos, scale_log2, alpha);
+  online_softmax<Cfg, M, NK, kMask>(st, mt, s, key0, kv_end, pos, p, alpha);
   if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) rescale_o<Cfg, M>(st, mt, alpha);
 }
 
@@ -152,7 +179,7 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
                                             const typename Cfg::T* sK,
                                             const typename Cfg::T* sV, int q_row0, int kw0,
                                             int key0, int kv_end, const int (&row_pos)[M][2],
-                                            float scale_log2) {
+                                            const PodParams& p) {
   using T = typename Cfg::T;
   constexpr int D = Cfg::D;
   const int lane = threadIdx.x & 31;
@@ -184,7 +211,7 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
 
 #pragma unroll
   for (int mt = 0; mt < M; ++mt)
-    masked_online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], scale_log2);
+    masked_online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], p);
 
   // O += P V.
 #pragma unroll

@@ -147,7 +147,7 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
                                                  const typename Cfg::T* sQ, const typename Cfg::T* sK,
                                                  const typename Cfg::T* sV, int key0, int kv_end,
                                                  const int (&row_pos)[Cfg::kPrefillMTiles][2],
-                                                 float scale_log2) {
+                                                 const PodParams& p) {
   using T = typename Cfg::T;
   constexpr int M = Cfg::kPrefillMTiles;
   float s[M][NK / 8][4];
@@ -163,7 +163,7 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
 #pragma unroll
   for (int mt = 0; mt < M; ++mt) {
     fence_accumulators<NK / 2>(&s[mt][0][0]);
-    online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], scale_log2, alpha[mt]);
+    online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], p, alpha[mt]);
     moved |= alpha[mt][0] != 1.f || alpha[mt][1] != 1.f;
   }
   if (__any_sync(0xffffffff, moved))

@@ -6,12 +6,34 @@
 
 namespace pod {
 
-// Address of (row, column d) of an item in `out`; rows are token-major, heads of the group minor.
+// The query head of an item's row; rows are token-major, heads of the group minor.
+__device__ __forceinline__ int row_head(const PodParams& p, const WorkItem& it, int row) {
+  return it.kv_head * p.group + it.h0 + row % it.nh;
+}
+
+// Address of (row, column d) of an item in `out`.
 template <typename T>
 __device__ __forceinline__ T* out_at(const PodParams& p, const WorkItem& it, int row, int d) {
-  const int t = row / it.nh;
-  const int h = it.kv_head * p.group + it.h0 + (row - t * it.nh);
-  return static_cast<T*>(p.out) + (it.q_start + t) * p.o_stride_tok + h * p.o_stride_head + d;
+  return static_cast<T*>(p.out) + (it.q_start + row / it.nh) * p.o_stride_tok +
+         row_head(p, it, row) * p.o_stride_head + d;
+}
+
+// The attention sink of an item's row in log2 units, or -inf without sinks.
+__device__ __forceinline__ float sink_log2(const PodParams& p, const WorkItem& it, int row) {
+  if (p.sinks == nullptr) return -INFINITY;
+  const int h = row_head(p, it, row);
+  float sink;
+  if (p.sinks_dtype == kSinksBf16) sink = __bfloat162float(static_cast<const __nv_bfloat16*>(p.sinks)[h]);
+  else if (p.sinks_dtype == kSinksHalf) sink = __half2float(static_cast<const __half*>(p.sinks)[h]);
+  else sink = static_cast<const float*>(p.sinks)[h];
+  return sink * 1.4426950408889634f;  // log2(e)
+}
+
+// The denominator of a row merged from parts with log2-sum-exps lse_k (sum = sum_k 2^(lse_k - mx)),
+// with the row's sink added: its normaliser, 0 for a row that saw no key.
+__device__ __forceinline__ float merged_inverse(float sum, float mx, float sink) {
+  if (sink != -INFINITY && mx != -INFINITY) sum += exp2f(sink - mx);
+  return sum > 0.f ? 1.f / sum : 0.f;
 }
 
 // Writes normalised rows of an item: to `out` (as T) when the item is unsplit, else to its
@@ -32,16 +54,26 @@ struct RowSink {
   __device__ __forceinline__ void put_lse(int r, float lse) const {
     if (it.slot >= 0) p.partial_lse[it.slot + r] = lse;
   }
+  // A row's sink joins its denominator where the row is written whole, not in a KV-split's part
+  // (the split merge adds it once).
+  __device__ __forceinline__ float sink(int r) const { return it.slot >= 0 ? -INFINITY : sink_log2(p, it, r); }
 };
 
 // Prefill: each warp writes its own rows straight from registers; the warp's m-tile mt holds rows
 // Cfg::prefill_row(warp, mt0 + mt) (mt0: the first m-tile of the item this warp state covers).
 template <class Cfg, int M>
 __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const RowSink<Cfg>& sink,
-                                                int warp, int mt0, int used, float scale_log2) {
-  float lse[M][2];
-  st.finalize(scale_log2, lse);
+                                                int warp, int mt0, int used) {
   const int lane = threadIdx.x & 31;
+  float lse[M][2], sinks[M][2];
+#pragma unroll
+  for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = Cfg::prefill_row(warp, mt0 + mt) + (lane >> 2) + 8 * r;
+      sinks[mt][r] = row < used ? sink.sink(row) : -INFINITY;
+    }
+  st.finalize(sink.p.scale_log2, lse, sinks);
 #pragma unroll
   for (int mt = 0; mt < M; ++mt)
 #pragma unroll
@@ -59,15 +91,15 @@ __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const Row
 // (which the team has finished using for tiles) and write the rows with all its threads.
 template <class Cfg, class Team>
 __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const RowSink<Cfg>& sink,
-                                                   float* scratch, int used, float scale_log2,
-                                                   const Team& team) {
+                                                   float* scratch, int used, const Team& team) {
   constexpr int D = Cfg::D, R = Cfg::kDecodeRows;
   float* s_o = scratch;                           // [kDecodeWarps][R][D]
   float* s_lse = scratch + Cfg::kWarps * R * D;   // [kDecodeWarps][R]
   const int warp = team.warp(), lane = threadIdx.x & 31;
   if (warp < Cfg::kDecodeWarps) {
     float lse[1][2];
-    st.finalize(scale_log2, lse);
+    const float no_sinks[1][2] = {{-INFINITY, -INFINITY}};
+    st.finalize(sink.p.scale_log2, lse, no_sinks);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = (lane >> 2) + 8 * r;
@@ -84,17 +116,20 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const 
     float mx = -INFINITY;
 #pragma unroll
     for (int w = 0; w < Cfg::kDecodeWarps; ++w) mx = fmaxf(mx, s_lse[w * R + row]);
+    // A row may see no key in a KV-split outside its sliding window: then every warp's lse is -inf.
+    const float base = mx == -INFINITY ? 0.f : mx;
     float a0 = 0.f, a1 = 0.f, wsum = 0.f;
 #pragma unroll
     for (int w = 0; w < Cfg::kDecodeWarps; ++w) {
-      const float wt = exp2f(s_lse[w * R + row] - mx);  // empty warps: exp2(-inf) = 0
+      const float wt = exp2f(s_lse[w * R + row] - base);  // empty warps: exp2(-inf) = 0
       const float2 v = *reinterpret_cast<const float2*>(s_o + (w * R + row) * D + d);
       a0 += wt * v.x;
       a1 += wt * v.y;
       wsum += wt;
     }
-    sink.put(row, d, a0 / wsum, a1 / wsum);
-    if (d == 0) sink.put_lse(row, mx + __log2f(wsum));
+    const float inv = merged_inverse(wsum, mx, sink.sink(row));
+    sink.put(row, d, a0 * inv, a1 * inv);
+    if (d == 0) sink.put_lse(row, wsum > 0.f ? mx + __log2f(wsum) : -INFINITY);
   }
 }
 
@@ -125,14 +160,16 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
   float* s_max = scratch;
   float* s_inv = scratch + used;
   for (int row = team.tid; row < used; row += kThreads) {
+    // The last split holds the row's own key, so mx is finite; a split outside the row's sliding
+    // window has lse -inf and weight 0.
     float mx = -INFINITY;
 #pragma unroll 8
     for (int s = 0; s < ns; ++s) mx = fmaxf(mx, __ldcg(lse + s * used + row));
-    float sum = 0.f;  // every split has a key for every row: each lse is finite
+    float sum = 0.f;
 #pragma unroll 8
     for (int s = 0; s < ns; ++s) sum += exp2f(__ldcg(lse + s * used + row) - mx);
     s_max[row] = mx;
-    s_inv[row] = 1.f / sum;
+    s_inv[row] = merged_inverse(sum, mx, sink_log2(p, it, row));
   }
   team.sync();
   // ...then the weighted sum, kUnits column groups of four per thread against kBatch splits at a

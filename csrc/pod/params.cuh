@@ -59,6 +59,19 @@ struct PodParams {
   int log2_block_size;
   float scale_log2;     // softmax_scale * log2(e)
   int ctas_per_sm;
+
+  // Optional score modifications (vLLM's FLASH_ATTN semantics). Soft-cap: a raw score s becomes
+  // softcap_out * tanh(s * softcap_in) (softcap_in = scale / cap, softcap_out = cap / scale, so
+  // scale_log2 still applies); softcap_in = 0 without it.
+  float softcap_in, softcap_out;
+  // Sliding window: a row at position pos sees keys [pos - window_left, pos]; kNoWindow without.
+  int window_left;
+  // Attention sinks: one logit per query head (natural log units, of sinks_dtype) that joins each
+  // row's softmax denominator; null without.
+  const void* sinks;
+  int sinks_dtype;
 };
+constexpr int kNoWindow = 1 << 30;  // pos - kNoWindow stays below every key without overflow
+enum SinksDtype { kSinksFloat = 0, kSinksBf16 = 1, kSinksHalf = 2 };
 
 }  // namespace pod

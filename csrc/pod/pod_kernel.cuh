@@ -54,7 +54,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
 #pragma unroll
   for (int mt = 0; mt < kM; ++mt)
     thread_row_positions(it, kIsDecode ? 0 : Cfg::prefill_row(warp, mt), lane, row_pos[mt]);
-  const int mask_from = first_masked_after(it, kKeys);
+  const TileMask needs_mask = tile_mask(it, kKeys, p.window_left);
 
   WarpState<Cfg, kM> st;
   st.init();
@@ -80,43 +80,43 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     team.sync();
     if (ahead < num_tiles) load_tile(ahead);
     const int stage = t % kStages;
-    const bool masked = tile_start > mask_from;
+    const bool masked = needs_mask(tile_start);
     if constexpr (kIsDecode) {
       if (warp < Cfg::kDecodeWarps) {
         const int kw0 = warp * Cfg::kDecodeWarpKeys;
         if (masked)
           warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, true>(st, sQ, sK(stage), sV(stage), 0, kw0,
-                                                          tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
+                                                          tile_start + kw0, it.kv_end, row_pos, p);
         else
           warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, false>(st, sQ, sK(stage), sV(stage), 0, kw0,
-                                                           tile_start + kw0, it.kv_end, row_pos, p.scale_log2);
+                                                           tile_start + kw0, it.kv_end, row_pos, p);
       }
     } else if constexpr (kWgmma) {
 #ifdef POD_HOPPER_PREFILL
       if (masked)
         sm90::warpgroup_attend<Cfg, kKeys, true>(st, sQ, sK(stage), sV(stage), tile_start,
-                                                 it.kv_end, row_pos, p.scale_log2);
+                                                 it.kv_end, row_pos, p);
       else
         sm90::warpgroup_attend<Cfg, kKeys, false>(st, sQ, sK(stage), sV(stage), tile_start,
-                                                  it.kv_end, row_pos, p.scale_log2);
+                                                  it.kv_end, row_pos, p);
 #endif
     } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
       const int row0 = Cfg::prefill_row(warp, 0);
       if (masked)
         warp_attend<Cfg, kM, kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
-                                          it.kv_end, row_pos, p.scale_log2);
+                                          it.kv_end, row_pos, p);
       else
         warp_attend<Cfg, kM, kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
-                                           it.kv_end, row_pos, p.scale_log2);
+                                           it.kv_end, row_pos, p);
     }
   }
   team.sync();  // the decode merge reuses the ring's shared memory
 
   const RowSink<Cfg> sink{p, it};
   if constexpr (kIsDecode)
-    merge_decode_warps<Cfg>(st, sink, reinterpret_cast<float*>(smem), used, p.scale_log2, team);
+    merge_decode_warps<Cfg>(st, sink, reinterpret_cast<float*>(smem), used, team);
   else
-    store_warp_rows<Cfg>(st, sink, warp, 0, used, p.scale_log2);
+    store_warp_rows<Cfg>(st, sink, warp, 0, used);
   if (it.slot >= 0) finish_split<Cfg>(p, it, used, reinterpret_cast<float*>(smem), s_flag, team);
 }
 

@@ -108,7 +108,7 @@ __device__ __forceinline__ void run_consumer(const PodParams& p, const typename 
     st.init();
     consume_item<Cfg>(p, it, ring, pos, slice, st, row_pos);
     const RowSink<Cfg> sink{p, it};
-    store_warp_rows<Cfg>(st, sink, warp, slice, used, p.scale_log2);
+    store_warp_rows<Cfg>(st, sink, warp, slice, used);
     if (it.slot >= 0) finish_split<Cfg>(p, it, used, sh.merge_scratch, &sh.merge_flag, both);
     trace_item(p, index, start, both.leader());
   }

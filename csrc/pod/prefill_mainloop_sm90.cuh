@@ -97,15 +97,15 @@ __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem&
   using T = typename Cfg::T;
   constexpr int NK = Ring::kKeys;
   const int num_tiles = num_kv_tiles(it, NK);
-  const int mask_from = first_masked_after(it, NK);
+  const TileMask needs_mask = tile_mask(it, NK, p.window_left);
   float s[NK / 8][4];
   uint32_t pf[NK / 16][4];  // P_{t-1}, the A operand of the P V in flight
   float alpha[2];
   auto softmax = [&](int tile_start) {
-    if (tile_start > mask_from)
-      online_softmax<Cfg, 1, NK, true>(st, 0, s, tile_start, it.kv_end, row_pos[0], p.scale_log2, alpha);
+    if (needs_mask(tile_start))
+      online_softmax<Cfg, 1, NK, true>(st, 0, s, tile_start, it.kv_end, row_pos[0], p, alpha);
     else
-      online_softmax<Cfg, 1, NK, false>(st, 0, s, tile_start, it.kv_end, row_pos[0], p.scale_log2, alpha);
+      online_softmax<Cfg, 1, NK, false>(st, 0, s, tile_start, it.kv_end, row_pos[0], p, alpha);
   };
   auto pack_p = [&] {
 #pragma unroll
