@@ -3,8 +3,8 @@
 PodPlanner builds its plans in one compiled loop over tiles and their KV-split pieces; this
 module states the same rules one request, tile, KV head and split at a time, so that tests can
 compare the two on many random batches.
-It reads the planner's configuration (heads, tile rows, split targets, buffer capacities) and
-constants, never its methods.
+It reads the planner's configuration (heads, tile rows, split targets, buffer capacities, window)
+and constants, never its methods.
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ def _align(keys: int) -> int:
     return -(-keys // P.SPLIT_ALIGN) * P.SPLIT_ALIGN
 
 
+def _keys(it):
+    return it["kv_end"] - it["kv_start"]
+
+
 def _tiles(pl, reqs, rows):
-    """Unsplit items, request by request, tile by tile, heads innermost."""
+    """Unsplit items, request by request, tile by tile, heads innermost. A tile's keys run from
+    its first row's window start (0 without a window), rounded down to SPLIT_ALIGN, to its last
+    token."""
     nh = min(pl.group, rows)
     tok = rows // nh
     items = []
@@ -29,10 +35,13 @@ def _tiles(pl, reqs, rows):
         for t0 in range(0, q_len, tok):
             n_tok = min(tok, q_len - t0)
             q_pos0 = seq_len - q_len + t0
+            kv_start = 0
+            if pl.sliding_window is not None:
+                kv_start = max(0, q_pos0 - pl.sliding_window + 1) // P.SPLIT_ALIGN * P.SPLIT_ALIGN
             for kv_head in range(pl.num_kv_heads):
                 for h0 in range(0, pl.group, nh):
                     items.append(dict(req=req, kv_head=kv_head, h0=h0, nh=min(nh, pl.group - h0),
-                                      q_start=q_start + t0, n_tok=n_tok, q_pos0=q_pos0, kv_start=0,
+                                      q_start=q_start + t0, n_tok=n_tok, q_pos0=q_pos0, kv_start=kv_start,
                                       kv_end=q_pos0 + n_tok, slot=-1, slot_base=0, num_splits=1,
                                       merge_id=0))
     return items
@@ -43,12 +52,12 @@ def _count_chunks(pl, items, kind):
     target = pl.split_targets[kind]
     if not items or len(items) >= target:
         return None
-    total = sum(it["kv_end"] for it in items)
+    total = sum(_keys(it) for it in items)
     chunk = _align(max(P.MIN_SPLIT_KEYS[kind], -(-total // target)))
     out = []
     for it in items:
-        pieces = max(1, (it["kv_end"] + chunk // 2) // chunk)
-        out.append(_align(-(-it["kv_end"] // pieces)))
+        pieces = max(1, (_keys(it) + chunk // 2) // chunk)
+        out.append(_align(-(-_keys(it) // pieces)))
     return out
 
 
@@ -58,10 +67,10 @@ def _cost_chunks(pl, queues, chunks):
     for kind, items in queues.items():
         n = [1 if chunks[kind] is None else _count(it, chunks[kind][i]) for i, it in enumerate(items)]
         if kind == "prefill":
-            work = float(sum(4 * it["n_tok"] * it["nh"] * it["kv_end"] for it in items)) \
+            work = float(sum(4 * it["n_tok"] * it["nh"] * _keys(it) for it in items)) \
                 * pl.head_dim / P.PREFILL_FLOPS_PER_CTA_S
         else:
-            work = float(sum(4 * it["kv_end"] for it in items)) * pl.head_dim / P.DECODE_BYTES_PER_CTA_S
+            work = float(sum(4 * _keys(it) for it in items)) * pl.head_dim / P.DECODE_BYTES_PER_CTA_S
         seconds[kind] = (P.ITEM_SECONDS * sum(n) + P.MERGE_SECONDS * sum(1 for x in n if x > 1)
                          + work)
     if pl.ctas_per_sm == 1:
@@ -79,14 +88,14 @@ def _cost_chunks(pl, queues, chunks):
                 key_s = 4 * pl.head_dim / P.DECODE_BYTES_PER_CTA_S
             cap = (math.floor((target - P.ITEM_SECONDS - P.MERGE_SECONDS) / key_s)
                    - (it["n_tok"] - 1)) // P.SPLIT_ALIGN * P.SPLIT_ALIGN
-            chunk = it["kv_end"] if chunks[kind] is None else chunks[kind][i]
+            chunk = _keys(it) if chunks[kind] is None else chunks[kind][i]
             if chunks[kind] is not None and _count(it, chunk) > 1:
                 over = chunk > cap
             else:
-                over = P.ITEM_SECONDS + it["kv_end"] * key_s > target
+                over = P.ITEM_SECONDS + _keys(it) * key_s > target
             if over and cap >= P.SPLIT_ALIGN:
-                pieces = -(-it["kv_end"] // cap)
-                chunk = _align(-(-it["kv_end"] // pieces))
+                pieces = -(-_keys(it) // cap)
+                chunk = _align(-(-_keys(it) // pieces))
                 changed = True
             new.append(chunk)
         out[kind] = new if changed else chunks[kind]
@@ -94,7 +103,8 @@ def _cost_chunks(pl, queues, chunks):
 
 
 def _count(it, chunk):
-    return max(1, min(-(-it["kv_end"] // chunk), 1 + it["q_pos0"] // chunk))
+    """Splits of an item at boundaries kv_start + s * chunk, none past its first position."""
+    return max(1, min(-(-_keys(it) // chunk), 1 + (it["q_pos0"] - it["kv_start"]) // chunk))
 
 
 def reference_plan(pl, query_start_loc, seq_lens):
@@ -128,8 +138,9 @@ def reference_plan(pl, query_start_loc, seq_lens):
                 rows_used += rows * n
                 groups += 1
                 for s in range(n):
-                    pieces.append(dict(it, kv_start=s * chunk,
-                                       kv_end=it["kv_end"] if s == n - 1 else (s + 1) * chunk,
+                    start = it["kv_start"] + s * chunk
+                    pieces.append(dict(it, kv_start=start,
+                                       kv_end=it["kv_end"] if s == n - 1 else start + chunk,
                                        num_splits=n, slot=base + s * rows, slot_base=base,
                                        merge_id=gid))
             # Longest first; Python's sort is stable.

@@ -11,7 +11,11 @@ KV head's GQA group) against a range of that request's keys:
   last split;
 * each queue is ordered longest first, and the plan says how many CTAs per SM prefer decode work;
 * optionally (cost_splits), items whose estimated time exceeds the batch's makespan target are cut
-  further.
+  further;
+* with a sliding window W (a planner per window), a tile's keys start at its first row's window
+  (rounded down to SPLIT_ALIGN) instead of 0, and every count above is of the keys in that range.
+  A KV-split before a late row's window holds no key of that row: the kernel masks it to an empty
+  partial that the merge weighs 0; every row sees its own position in its tile's last split.
 
 The layout written here is read by csrc/pod/params.cuh (keep the two in step).
 
@@ -64,7 +68,7 @@ MERGE_SECONDS = 30e-6             # what the piece that ends a KV-split group ad
 
 # The planner's geometry as _plan_batch reads it. PodPlanner._config: int64 slots
 (_NUM_Q_HEADS, _HEAD_DIM, _NUM_SMS, _CTAS_PER_SM, _MIN_DECODE_SLOTS, _COST_SPLITS, _MAX_ITEMS,
- _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS, _NUM_CONFIG) = range(10)
+ _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS, _SLIDING_WINDOW, _NUM_CONFIG) = range(11)
 # PodPlanner._queues: one row per tile kind, in plan order (prefill items first)
 _PREFILL, _DECODE = 0, 1
 (_TOKENS, _SPLIT_TARGET, _MIN_SPLIT_KEYS, _NUM_CHUNKS, _NUM_QUEUE) = range(5)
@@ -73,8 +77,9 @@ _PREFILL, _DECODE = 0, 1
 # offset in a tile's workspace).
 _KV_HEAD, _H0, _NH, _NH_FIRST = range(4)
 # _plan_batch's tile table, one row per tile: request, first token, tokens, position of the first,
-# keys (to its last token), keys per KV-split and number of splits.
-_REQ, _Q_START, _N_TOK, _Q_POS0, _KV_END, _CHUNK, _COUNT, _TILE_COLUMNS = range(8)
+# its key range [kv_start, kv_end) (from its first row's window, a multiple of SPLIT_ALIGN, to its
+# last token), keys per KV-split and number of splits.
+_REQ, _Q_START, _N_TOK, _Q_POS0, _KV_START, _KV_END, _CHUNK, _COUNT, _TILE_COLUMNS = range(9)
 # _plan_batch's status
 _OK, _BAD_LENGTHS, _DECODES_NOT_FIRST, _OVER_CAPACITY = range(4)
 
@@ -101,25 +106,34 @@ def _work_seconds(tiles, kind, config, num_chunks):
     if kind == _PREFILL:
         token_keys = 0
         for i in range(tiles.shape[0]):
-            token_keys += tiles[i, _N_TOK] * tiles[i, _KV_END]
+            token_keys += tiles[i, _N_TOK] * _keys(tiles, i)
         flops = 4 * config[_NUM_Q_HEADS] * token_keys
         return float(flops) * config[_HEAD_DIM] / PREFILL_FLOPS_PER_CTA_S
     return float(4 * num_chunks * _total_keys(tiles)) * config[_HEAD_DIM] / DECODE_BYTES_PER_CTA_S
 
 
 @_jit
+def _keys(tiles, i):
+    """Keys in tile i's range."""
+    return tiles[i, _KV_END] - tiles[i, _KV_START]
+
+
+@_jit
 def _total_keys(tiles):
     total = 0
     for i in range(tiles.shape[0]):
-        total += tiles[i, _KV_END]
+        total += _keys(tiles, i)
     return total
 
 
 @_jit
 def _split_count(tiles, i, chunk):
-    # Split boundaries s*chunk must not pass the tile's first position, so every row of the tile
-    # sees at least one key in every split (no empty softmax rows to merge).
-    return max(1, min(-(-tiles[i, _KV_END] // chunk), 1 + tiles[i, _Q_POS0] // chunk))
+    # Split boundaries kv_start + s*chunk must not pass the tile's first position, so the last
+    # split holds every row's own position. Without a window every row then sees keys in every
+    # split (no empty softmax rows to merge); with one, a split before a late row's window is
+    # empty for that row (its partial weighs 0 in the merge).
+    return max(1, min(-(-_keys(tiles, i) // chunk),
+                      1 + (tiles[i, _Q_POS0] - tiles[i, _KV_START]) // chunk))
 
 
 @_jit
@@ -135,8 +149,8 @@ def _count_chunks(tiles, queue):
     total = _total_keys(tiles) * queue[_NUM_CHUNKS]
     chunk = _align_split(max(queue[_MIN_SPLIT_KEYS], -(-total // target)))
     for i in range(tiles.shape[0]):
-        pieces = max(1, (tiles[i, _KV_END] + chunk // 2) // chunk)
-        tiles[i, _CHUNK] = _align_split(-(-tiles[i, _KV_END] // pieces))
+        pieces = max(1, (_keys(tiles, i) + chunk // 2) // chunk)
+        tiles[i, _CHUNK] = _align_split(-(-_keys(tiles, i) // pieces))
     return True
 
 
@@ -181,16 +195,16 @@ def _cost_chunks(queue_tiles, has_chunk, config, queues, head_chunks):
             if has_chunk[kind] and _split_count(tiles, i, tiles[i, _CHUNK]) > 1:
                 over[i] = tiles[i, _CHUNK] > cap[i]
             else:
-                over[i] = ITEM_SECONDS + tiles[i, _KV_END] * key_s > target
+                over[i] = ITEM_SECONDS + _keys(tiles, i) * key_s > target
             over[i] &= cap[i] >= SPLIT_ALIGN
             any_over |= over[i]
         if any_over:
             for i in range(tiles.shape[0]):
                 if not has_chunk[kind]:
-                    tiles[i, _CHUNK] = tiles[i, _KV_END]
+                    tiles[i, _CHUNK] = _keys(tiles, i)
                 if over[i]:
-                    pieces = -(-tiles[i, _KV_END] // cap[i])
-                    tiles[i, _CHUNK] = _align_split(-(-tiles[i, _KV_END] // pieces))
+                    pieces = -(-_keys(tiles, i) // cap[i])
+                    tiles[i, _CHUNK] = _align_split(-(-_keys(tiles, i) // pieces))
             has_chunk[kind] = True
 
 
@@ -252,7 +266,7 @@ def _write_queue(tiles, chunks, config, items, first_item, rows_used, groups):
         n, chunk = tiles[i, _COUNT], tiles[i, _CHUNK]
         first_piece[i] = p
         for s in range(n):
-            keys = (tiles[i, _KV_END] - s * chunk) if s == n - 1 else chunk
+            keys = (_keys(tiles, i) - s * chunk) if s == n - 1 else chunk
             piece_tile[p], piece_split[p], piece_cost[p] = i, s, keys * tiles[i, _N_TOK]
             p += 1
         if n > 1:
@@ -338,7 +352,7 @@ def _write_items(items, at, stride, tiles, chunks, i, s, first_chunk, end_chunk,
     them)."""
     n, chunk, n_tok = tiles[i, _COUNT], tiles[i, _CHUNK], tiles[i, _N_TOK]
     req, q_start, q_pos0 = tiles[i, _REQ], tiles[i, _Q_START], tiles[i, _Q_POS0]
-    kv_start = s * chunk
+    kv_start = tiles[i, _KV_START] + s * chunk
     kv_end = tiles[i, _KV_END] if s == n - 1 else kv_start + chunk
     for h in range(first_chunk, end_chunk):
         slot, base, merge_id = -1, 0, 0
@@ -373,6 +387,7 @@ def _plan_batch(qsl, seq_len, num_decodes, config, queues, head_chunks, header, 
     """
     num_reqs = seq_len.shape[0]
     decode_tokens = queues[_DECODE, _TOKENS]
+    window = config[_SLIDING_WINDOW]
     num_tiles = np.zeros(2, dtype=np.int64)
     decodes_first = True
     for r in range(num_reqs):
@@ -403,6 +418,10 @@ def _plan_batch(qsl, seq_len, num_decodes, config, queues, head_chunks, header, 
             q_pos0 = seq_len[r] - q_len + t0
             tiles[i, _REQ], tiles[i, _Q_START], tiles[i, _N_TOK] = r, qsl[r] + t0, n_tok
             tiles[i, _Q_POS0], tiles[i, _KV_END] = q_pos0, q_pos0 + n_tok
+            if window:
+                # The first row sees keys from q_pos0 - window + 1 on; later rows, fewer of these.
+                first_key = max(0, q_pos0 - window + 1)
+                tiles[i, _KV_START] = first_key // SPLIT_ALIGN * SPLIT_ALIGN
 
     has_chunk = np.zeros(2, dtype=np.bool_)
     for kind in range(2):
@@ -452,6 +471,7 @@ class PodPlan:
     ctas_per_sm: int
     num_sms: int
     prefill_rows: int         # rows of the prefill items' tile (the kernel's must be at least this)
+    sliding_window: int | None  # the window the key ranges were cut to (None: full causal)
 
     @property
     def items(self) -> np.ndarray:
@@ -469,16 +489,20 @@ class PodPlanner:
                  num_sms: int, ctas_per_sm: int, max_num_reqs: int, max_num_tokens: int,
                  device: torch.device | str, prefill_rows: int | None = None,
                  split_items_per_slot: dict[str, int] | None = None, min_decode_slots: int = 1,
-                 cost_splits: bool = False):
+                 cost_splits: bool = False, sliding_window: int | None = None):
         """prefill_rows: rows of the built kernel's prefill tile (ops.device_prefill_tile_rows).
         split_items_per_slot: per kind, the KV-split target (SPLIT_ITEMS_PER_SLOT by default).
         min_decode_slots: CTAs per SM that start on decode work whenever a batch has both kinds
         (1: decodes always run beside prefill; 0: a small decode share may wait for the prefill
         tail, where it fills the CTAs that run out of prefill items).
         cost_splits: also cut every item whose estimated time exceeds the batch's makespan target
-        (see _cost_chunks)."""
+        (see _cost_chunks).
+        sliding_window: the layer's window W (a token sees keys pos - W < key <= pos), or None
+        for full causal attention; items then skip the key tiles before their first row's window."""
         if num_kv_heads <= 0 or num_q_heads % num_kv_heads:
             raise ValueError(f"num_q_heads {num_q_heads} must be a multiple of num_kv_heads {num_kv_heads}")
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window {sliding_window}: must be None (full causal) or >= 1")
         self.num_q_heads = num_q_heads
         self.num_kv_heads = num_kv_heads
         self.group = num_q_heads // num_kv_heads
@@ -490,6 +514,7 @@ class PodPlanner:
         self.min_decode_slots = min_decode_slots
         self.cost_splits = bool(cost_splits)
         self.prefill_rows = prefill_rows or DEFAULT_PREFILL_TILE_ROWS
+        self.sliding_window = sliding_window
 
         # Each kind's head chunks: every KV head's GQA group cut to the tile's rows.
         tile_rows = {"prefill": self.prefill_rows, "decode": DECODE_TILE_ROWS}
@@ -522,9 +547,9 @@ class PodPlanner:
         # The geometry as _plan_batch reads it.
         config = np.zeros(_NUM_CONFIG, dtype=np.int64)
         config[[_NUM_Q_HEADS, _HEAD_DIM, _NUM_SMS, _CTAS_PER_SM, _MIN_DECODE_SLOTS, _COST_SPLITS,
-                _MAX_ITEMS, _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS]] = (
+                _MAX_ITEMS, _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS, _SLIDING_WINDOW]] = (
             num_q_heads, head_dim, num_sms, ctas_per_sm, min_decode_slots, self.cost_splits,
-            self.max_items, self.max_split_rows, self.max_merge_groups)
+            self.max_items, self.max_split_rows, self.max_merge_groups, sliding_window or 0)
         self._config = config
         self._queues = np.zeros((2, _NUM_QUEUE), dtype=np.int64)
         self._head_chunks = np.zeros((2, max(len(c) for c in chunks.values()), 4), dtype=np.int64)
@@ -607,4 +632,5 @@ class PodPlanner:
         return PodPlan(buffer=self.buffer, counters=self.counters, workspace=self.workspace,
                        num_prefill_items=n_prefill, num_decode_items=n_decode,
                        decode_slots_per_sm=decode_slots, ctas_per_sm=self.ctas_per_sm,
-                       num_sms=self.num_sms, prefill_rows=self.prefill_rows)
+                       num_sms=self.num_sms, prefill_rows=self.prefill_rows,
+                       sliding_window=self.sliding_window)
