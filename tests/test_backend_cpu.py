@@ -32,7 +32,7 @@ from vllm.platforms.interface import DeviceCapability
 from vllm.v1.attention.backend import AttentionCGSupport, CommonAttentionMetadata
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
-from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
 
 import vllm_pod
 from vllm_pod import backend as pod_backend
@@ -220,7 +220,9 @@ def _validate(**overrides) -> list[str]:
     {}, {"dtype": torch.float16}, {"head_size": 64}, {"head_size": 256}, {"block_size": 32},
     {"block_size": 64}, {"block_size": None}, {"kv_cache_dtype": "bfloat16"},
     {"kv_cache_dtype": None}, {"device_capability": DeviceCapability(8, 0)},
-    {"device_capability": DeviceCapability(8, 9)},
+    {"device_capability": DeviceCapability(8, 9)}, {"has_sink": True},
+    {"has_sliding_window": True}, {"has_sliding_window": True, "head_size": 256},
+    {"has_sliding_window": True, "device_capability": DeviceCapability(8, 0)},
 ])
 def test_validate_accepts_supported(overrides):
     assert _validate(**overrides) == []
@@ -235,8 +237,8 @@ def test_validate_accepts_supported(overrides):
     ({"block_size": 8}, "block_size not supported"),
     ({"block_size": 24}, "block_size not supported"),
     ({"use_mla": True}, "MLA not supported"),
-    ({"has_sink": True}, "attention sinks not supported"),
-    ({"has_sliding_window": True}, "sliding window not supported"),
+    ({"has_sink": True, "device_capability": DeviceCapability(8, 0)},
+     "POD attention supports attention sinks on compute capability 9.0 (H100/H200) only"),
     ({"use_non_causal": True}, "non-causal attention not supported"),
     ({"attn_type": "encoder_only"}, "attention type encoder_only not supported"),
     ({"attn_type": "encoder_decoder"}, "attention type encoder_decoder not supported"),
@@ -348,16 +350,16 @@ BLOCK = 16
 NUM_SMS, CTAS_PER_SM = 8, 2
 
 
-def make_builder(monkeypatch, config) -> PodAttentionMetadataBuilder:
+def make_builder(monkeypatch, config, spec_cls=FullAttentionSpec,
+                 **spec_args) -> PodAttentionMetadataBuilder:
     """The POD builder of one attention layer of `config`'s model, as a model runner makes it
     (call it in set_current_vllm_config(config)). The layer's KV cache spec holds this rank's KV
     heads: with tensor parallelism each rank's attention layers keep their share of them."""
     monkeypatch.setattr(pod_backend, "_device_occupancy", lambda *a: (NUM_SMS, CTAS_PER_SM))
     monkeypatch.setattr(pod_backend, "device_prefill_tile_rows", lambda *a: 128)
-    spec = FullAttentionSpec(block_size=BLOCK,
-                             num_kv_heads=config.model_config.get_num_kv_heads(
-                                 config.parallel_config),
-                             head_size=HEAD_DIM, dtype=torch.bfloat16)
+    spec = spec_cls(block_size=BLOCK,
+                    num_kv_heads=config.model_config.get_num_kv_heads(config.parallel_config),
+                    head_size=HEAD_DIM, dtype=torch.bfloat16, **spec_args)
     return PodAttentionMetadataBuilder(spec, ["layer.0"], config, torch.device("cpu"))
 
 
@@ -582,7 +584,7 @@ def kv_cache(num_blocks=6):
 
 def test_forward_hybrid_calls_fused_kernel(builder, impl, monkeypatch):
     calls = []
-    monkeypatch.setattr(pod_backend, "pod_attention", lambda *a: calls.append(a))
+    monkeypatch.setattr(pod_backend, "pod_attention", lambda *a, **kw: calls.append(a))
     md = builder.build(0, batch([1, 1, 9], [10, 100, 9], num_tokens=16))
     cache = kv_cache()
     query = torch.randn(16, NUM_Q_HEADS, HEAD_DIM)
@@ -616,6 +618,49 @@ def test_forward_single_phase_goes_to_flash_attn(builder, impl, monkeypatch, que
     (layer, _, k, v, cache, fa_metadata, _), = calls
     assert (layer, k, v, cache) == ("layer", "k", "v", "cache")
     assert fa_metadata is md.fa_metadata
+
+
+def test_sliding_window_groups_plan_their_window(monkeypatch, model_dir):
+    # A sliding-window group's layers all have its window: plans are cut to it, and FA3's
+    # ahead-of-time schedule (single-phase batches) gets it. A full-attention group may hold
+    # window layers beside global ones (hybrid KV cache manager off): whole key ranges, the
+    # kernel masks by each layer's window, and no ahead-of-time schedule (as FLASH_ATTN does).
+    config = make_config(model_dir)
+    with set_current_vllm_config(config):
+        window = make_builder(monkeypatch, config, SlidingWindowSpec, sliding_window=64)
+        full = make_builder(monkeypatch, config, FullAttentionSpec, sliding_window=64)
+        plain = make_builder(monkeypatch, config)
+    assert window.planner.sliding_window == 64 and window.fa_builder.aot_sliding_window == (63, 0)
+    assert full.planner.sliding_window is None and not full.fa_builder.aot_schedule
+    assert plain.planner.sliding_window is None and plain.fa_builder.aot_sliding_window is None
+    query_lens, seq_lens = [1, 1, 300], [1000, 90, 800]
+    cut = window.build(0, batch(query_lens, seq_lens)).plan
+    assert cut.sliding_window == 64
+    items = cut.items
+    # Every item's keys start at or after its first row's window, rounded down to 64 keys.
+    first_pos = items[:, 6]
+    assert (items[:, 7] >= (first_pos - 63).clip(0) // 64 * 64).all()
+    whole = full.build(0, batch(query_lens, seq_lens)).plan
+    assert whole.sliding_window is None and whole.items[:, 7].min() == 0
+
+
+def test_forward_passes_the_layers_features(builder, model_dir, monkeypatch):
+    calls, fa_args = [], []
+    monkeypatch.setattr(pod_backend, "pod_attention", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(pod_backend, "FlashAttentionImpl",
+                        lambda *a, **kw: fa_args.append((a, kw)) or mock.Mock())
+    sinks = torch.randn(NUM_Q_HEADS)
+    with set_current_vllm_config(make_config(model_dir)):
+        impl = PodAttentionImpl(NUM_Q_HEADS, HEAD_DIM, 0.125, NUM_KV_HEADS, None, 512, "auto",
+                                30.0, sinks=sinks)
+    # Single-phase batches run FLASH_ATTN's impl: built with the same features.
+    (args, kwargs), = fa_args
+    assert args[5] == 512 and args[7] == 30.0 and kwargs["sinks"] is sinks
+    md = builder.build(0, batch([1, 9], [10, 9]))
+    impl.forward(None, torch.randn(10, NUM_Q_HEADS, HEAD_DIM), None, None, kv_cache(), md,
+                 torch.empty(10, NUM_Q_HEADS, HEAD_DIM))
+    (features,), = [calls]
+    assert features == dict(logits_soft_cap=30.0, sliding_window=512, sinks=sinks)
 
 
 def test_forward_profiling_run_zeroes_output(impl):

@@ -8,7 +8,9 @@ through POD (our builder + impl) and through vLLM's FLASH_ATTN (its builder + im
   batches equals eager execution;
 - under cudagraph_mode FULL (full graphs of mixed batches): one graph, captured for a hybrid
   batch, replayed for hybrid, decode-only and prefill-only batches of the same padded size,
-  equals FLASH_ATTN.
+  equals FLASH_ATTN;
+- sliding window, logits soft-cap and attention sinks, as the model families that use them pass
+  them: hybrid and single-phase batches equal FLASH_ATTN's.
 
 Every run draws fresh random lengths, block placements and values; outputs start as NaN.
 """
@@ -34,7 +36,7 @@ from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionImpl,
     FlashAttentionMetadataBuilder,
 )
-from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
 
 from vllm_pod.backend import POD_STATS, PodAttentionImpl, PodAttentionMetadataBuilder
 
@@ -332,3 +334,73 @@ def test_full_graph_of_mixed_batches_replays_any_composition(model_dirs, dtype):
             torch.testing.assert_close(
                 out[:real], expected[:real], **TOL[dtype],
                 msg=lambda m: f"seed {seed}, {kind}, lengths {query_lens} {seq_lens}: {m}")
+
+
+# (query heads, KV heads, head dim, features, KV cache group): the shapes and features of the
+# families that use them. A sliding-window group plans key ranges cut to the window; a
+# full-attention group holding a window layer (vLLM's hybrid KV cache manager off) plans whole
+# ranges and the kernel masks by the layer's window.
+FAMILY_LAYERS = {
+    "mistral_v01": (32, 8, 128, dict(sliding_window=1024), "window"),
+    "gemma2_local": (16, 8, 256, dict(sliding_window=512, logits_soft_cap=3.0), "window"),
+    "gemma2_global": (16, 8, 256, dict(logits_soft_cap=3.0), "full"),
+    "gpt_oss_local": (64, 8, 64, dict(sliding_window=128, sinks=True), "window"),
+    "gpt_oss_global": (64, 8, 64, dict(sinks=True), "full"),
+    "window_in_full_group": (32, 8, 128, dict(sliding_window=700, sinks=True), "full"),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("family", FAMILY_LAYERS)
+def test_features_match_flash_attn(model_dirs, dtype, family):
+    num_q_heads, num_kv_heads, head_dim, features, group = FAMILY_LAYERS[family]
+    block_size = 16
+    s = make_setup(model_dirs, num_q_heads, num_kv_heads, head_dim, block_size, dtype)
+    window = features.get("sliding_window")
+    spec_args = dict(block_size=block_size, num_kv_heads=num_kv_heads, head_size=head_dim,
+                     dtype=dtype)
+    s.spec = (SlidingWindowSpec(sliding_window=window, **spec_args) if group == "window"
+              else FullAttentionSpec(sliding_window=window, **spec_args))
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    # Sinks as models keep them: one float32 logit per query head (gpt-oss's are learned ~N(0, 1)
+    # plus an offset; large enough here to take a visible share of short rows).
+    sinks = torch.randn(num_q_heads, device="cuda") * 2 + 3 if features.get("sinks") else None
+    layer = Layer()
+    with set_current_vllm_config(s.config):
+        pod_builder, fa_builder = s.builders()
+        if group == "window":
+            assert pod_builder.planner.sliding_window == window
+            # What FLASH_ATTN's builder reads from the model's FLASH_ATTN layers.
+            fa_builder.aot_sliding_window = (window - 1, 0)
+        else:
+            assert pod_builder.planner.sliding_window is None
+            fa_builder.aot_schedule = False
+        args = (num_q_heads, head_dim, head_dim ** -0.5, num_kv_heads, None, window, "auto",
+                features.get("logits_soft_cap"))
+        pod = PodAttentionImpl(*args, sinks=sinks)
+        fa = FlashAttentionImpl(*args, sinks=sinks)
+        for step in range(4):
+            query_lens, seq_lens = random_hybrid_batch(rng, block_size)
+            if step == 3:  # decodes alone: POD runs FLASH_ATTN's impl with the same features
+                decodes = query_lens.count(1)
+                query_lens, seq_lens = query_lens[:decodes], seq_lens[:decodes]
+            num_blocks = sum(-(-n // block_size) for n in seq_lens) + 8
+            kv_cache = new_kv_cache(s, num_blocks)
+            table = block_tables(s, seq_lens, num_blocks)
+            cm, _ = common_metadata(s, query_lens, seq_lens, table)
+            n = cm.num_actual_tokens
+            # Scores of std ~3, so that a soft-cap of 3 bends them.
+            query = torch.randn(n, num_q_heads, head_dim, dtype=dtype, device="cuda") * 3
+            pod_md = pod_builder.build(0, cm)
+            assert (pod_md.plan is not None) == (step < 3)
+            out_pod = torch.full_like(query, float("nan"))
+            pod.forward(layer, query, None, None, kv_cache, pod_md, out_pod)
+            out_fa = torch.full_like(query, float("nan"))
+            fa.forward(layer, query, None, None, kv_cache, fa_builder.build(0, cm), out_fa)
+            torch.cuda.synchronize()
+            assert not out_pod.isnan().any(), "POD left output rows unwritten"
+            torch.testing.assert_close(
+                out_pod, out_fa, **TOL[dtype],
+                msg=lambda m: f"seed {seed}, query_lens {query_lens}, seq_lens {seq_lens}: {m}")

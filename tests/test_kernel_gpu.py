@@ -22,20 +22,21 @@ def new_planner(b, max_num_tokens=16384, max_num_reqs=256, **options):
                           **options)
 
 
-def run_pod(b, planner=None):
+def run_pod(b, planner=None, **features):
+    """features: the op's options (logits_soft_cap, sliding_window, sinks)."""
     from vllm_pod.ops import pod_attention
     planner = planner or new_planner(b)
     plan = plan_batch(planner, b)
     out = torch.full_like(b.query, float("nan"))
-    pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
+    pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale, **features)
     torch.cuda.synchronize()
     assert int(planner.counters.abs().sum()) == 0, "the kernel must leave its counters zeroed"
     return out
 
 
-def assert_matches_reference(b, out):
+def assert_matches_reference(b, out, **features):
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
-                              b.query_start_loc, b.seq_lens, b.scale)
+                              b.query_start_loc, b.seq_lens, b.scale, **features)
     n = int(b.query_start_loc[-1])
     out, ref = out[:n].float(), ref[:n]
     assert not out.isnan().any(), f"{int(out.isnan().sum())} output elements never written"
@@ -67,6 +68,70 @@ def test_grid(dtype, head_dim, heads, block_size, mix):
     assert_matches_reference(b, run_pod(b))
 
 
+# Each feature where it binds: windows shorter than a block, than a prefill tile, and longer than
+# some sequences; a soft-cap of 3 on scores of std ~3 (queries scaled up 3x); sinks of std 3 around
+# 4, large enough to take a visible share of short rows' and small of long rows' denominators.
+FEATURES = {
+    "window1": dict(sliding_window=1),
+    "window37": dict(sliding_window=37),
+    "window1000": dict(sliding_window=1000),
+    "softcap": dict(logits_soft_cap=3.0),
+    "sinks": dict(sinks=True),
+    "window_sinks": dict(sliding_window=100, sinks=True),    # as gpt-oss's local layers
+    "window_softcap": dict(sliding_window=300, logits_soft_cap=3.0),  # as Gemma 2's local layers
+}
+
+
+def with_features(b, features, seed):
+    """The op's options for b: sinks=True becomes one random logit per query head (float32,
+    bf16 or fp16, as models keep them); a soft-cap scales the queries so that it binds."""
+    features = dict(features)
+    if features.get("logits_soft_cap"):
+        b.query.mul_(3)
+    if features.pop("sinks", False):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        sinks = torch.randn(b.query.shape[1], generator=gen, device="cuda") * 3 + 4
+        features["sinks"] = sinks.to([torch.float32, torch.bfloat16, torch.float16][seed % 3])
+    return features
+
+
+@pytest.mark.parametrize("plan_window", [True, False], ids=["window_plan", "full_plan"])
+@pytest.mark.parametrize("feature", FEATURES)
+@pytest.mark.parametrize("mix", MIXES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_features(dtype, head_dim, mix, feature, plan_window):
+    # plan_window: the planner cuts key ranges to the window (a sliding-window KV cache group),
+    # or plans full ranges and the kernel masks alone (a window layer in a full-attention group).
+    features = FEATURES[feature]
+    if plan_window and "sliding_window" not in features:
+        pytest.skip("no window to plan for")
+    decodes, prefills = MIXES[mix]
+    seed = hash((str(dtype), head_dim, mix, feature)) % 10_000
+    b = make_batch(decodes, prefills, num_q_heads=16, num_kv_heads=4, head_dim=head_dim,
+                   block_size=[16, 32, 64][seed % 3], dtype=dtype, device="cuda",
+                   layout=KV_LAYOUTS[seed % len(KV_LAYOUTS)], seed=seed)
+    options = with_features(b, features, seed)
+    window = options.get("sliding_window") if plan_window else None
+    out = run_pod(b, new_planner(b, sliding_window=window), **options)
+    assert_matches_reference(b, out, **options)
+
+
+def test_features_across_kv_splits():
+    # Few long requests, so every one is cut into KV-splits: a row whose window lies wholly in
+    # one split has empty parts in the others (weight 0 in the merge), and the sink joins the
+    # merged denominator once.
+    b = make_batch([9000, 20000], [(200, 15000)], num_q_heads=32, num_kv_heads=8, head_dim=128,
+                   block_size=16, dtype=torch.bfloat16, device="cuda", seed=5)
+    for features in (dict(sliding_window=700, sinks=True), dict(sinks=True),
+                     dict(sliding_window=5000, logits_soft_cap=3.0)):
+        options = with_features(b, features, seed=2)
+        for window in (None, options.get("sliding_window")):
+            planner = new_planner(b, sliding_window=window)
+            assert plan_batch(planner, b).num_decode_items > 2 * 8, "decodes are split"
+            assert_matches_reference(b, run_pod(b, planner, **options), **options)
+
+
 def random_length(rng, block_size, hi):
     """Lengths at and around block boundaries, small, or anywhere up to hi."""
     kind = rng.random()
@@ -96,6 +161,21 @@ def random_batch(rng, seed):
 
 
 FUZZ_BATCHES = 500
+FUZZ_WINDOWS = (1, 16, 100, 1000, 4096)
+
+
+def random_features(rng):
+    """A quarter of the fuzz batches attend plainly; the rest draw each feature by a coin."""
+    if rng.random() < 0.25:
+        return {}
+    features = {}
+    if rng.random() < 0.5:
+        features["sliding_window"] = rng.choice(FUZZ_WINDOWS)
+    if rng.random() < 0.3:
+        features["logits_soft_cap"] = rng.choice([3.0, 30.0])
+    if rng.random() < 0.4:
+        features["sinks"] = True
+    return features
 
 
 def test_fuzz_hybrid_batches():
@@ -103,13 +183,18 @@ def test_fuzz_hybrid_batches():
     planners = {}
     for i in range(FUZZ_BATCHES):
         b = random_batch(rng, seed=i)
-        key = (b.query.shape[1], b.key_cache.shape[2], b.key_cache.shape[1])
-        planners.setdefault(key, new_planner(b))  # planners are reused, as a backend reuses one
+        options = with_features(b, random_features(rng), seed=i)
+        # Half the windowed batches are planned for the window, half with full ranges.
+        window = options.get("sliding_window") if rng.random() < 0.5 else None
+        key = (b.query.shape[1], b.key_cache.shape[2], b.key_cache.shape[1], window)
+        # Planners are reused, as a backend reuses one.
+        planners.setdefault(key, new_planner(b, sliding_window=window))
         try:
-            assert_matches_reference(b, run_pod(b, planners[key]))
+            assert_matches_reference(b, run_pod(b, planners[key], **options), **options)
         except AssertionError as e:
             lens = list(zip((b.query_start_loc[1:] - b.query_start_loc[:-1]).tolist(), b.seq_lens.tolist()))
-            raise AssertionError(f"fuzz batch {i} (q_len, seq_len)={lens} block={key[2]}: {e}") from e
+            raise AssertionError(f"fuzz batch {i} (q_len, seq_len)={lens} block={key[2]} "
+                                 f"{options} window plan {window}: {e}") from e
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -182,6 +267,26 @@ def test_unsupported_inputs_raise_clear_errors(bad, match):
     with pytest.raises(RuntimeError, match=match):
         pod_attention(torch.empty_like(b.query), b.query, b.key_cache, b.value_cache, b.block_table,
                       plan, b.scale)
+
+
+def test_bad_feature_options_raise_clear_errors():
+    from vllm_pod.ops import pod_attention
+    b = make_batch([20], [(4, 10)], num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,
+                   dtype=torch.bfloat16, device="cuda")
+    out = torch.empty_like(b.query)
+    args = (out, b.query, b.key_cache, b.value_cache, b.block_table)
+    plan = plan_batch(new_planner(b), b)
+    with pytest.raises(RuntimeError, match="one contiguous logit per query head"):
+        pod_attention(*args, plan, b.scale, sinks=torch.zeros(4, device="cuda"))
+    with pytest.raises(RuntimeError, match="sinks must be float32, bfloat16 or float16"):
+        pod_attention(*args, plan, b.scale, sinks=torch.zeros(8, dtype=torch.int32, device="cuda"))
+    with pytest.raises(RuntimeError, match="logits_soft_cap must be positive"):
+        pod_attention(*args, plan, b.scale, logits_soft_cap=-1.0)
+    # A plan cut to one window holds no keys outside it: refused for another window, or none.
+    window_plan = plan_batch(new_planner(b, sliding_window=8), b)
+    for other in (None, 16):
+        with pytest.raises(ValueError, match="made for sliding window 8"):
+            pod_attention(*args, window_plan, b.scale, sliding_window=other)
 
 
 def test_kv_cache_strides_beyond_32_bit_offsets_raise():

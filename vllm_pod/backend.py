@@ -41,7 +41,7 @@ from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionMetadata,
     FlashAttentionMetadataBuilder,
 )
-from vllm.v1.kv_cache_interface import AttentionSpec
+from vllm.v1.kv_cache_interface import AttentionSpec, SlidingWindowSpec
 
 from vllm_pod import compat
 from vllm_pod.ops import (
@@ -95,6 +95,14 @@ class PodAttentionBackend(AttentionBackend):
         return list(SUPPORTED_HEAD_SIZES)
 
     @classmethod
+    def supports_sink(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
     def supports_compute_capability(cls, capability: DeviceCapability) -> bool:
         # The extension is built for sm_80 (runs on 8.x) and sm_90a (runs on 9.0 only).
         return capability.major == 8 or capability == DeviceCapability(9, 0)
@@ -111,6 +119,10 @@ class PodAttentionBackend(AttentionBackend):
         if not cls.supports_compute_capability(capability):
             reasons.append(f"POD attention runs on compute capability 8.x (A100) and 9.0 "
                            f"(H100/H200), not {capability.major}.{capability.minor}")
+        elif selector.get("has_sink") and capability.major < 9:
+            # Single-phase batches run FLASH_ATTN's impl, whose sinks need FlashAttention 3.
+            reasons.append("POD attention supports attention sinks on compute capability 9.0 "
+                           "(H100/H200) only")
         error = extension_load_error()
         if error is not None:
             reasons.append(f"POD attention's compiled extension vllm_pod._C does not load "
@@ -133,10 +145,9 @@ class PodAttentionBackend(AttentionBackend):
         # vLLM 0.33 hook: the plan is built from the CPU query lengths, which must be exact.
         return False
 
-    # The base class already refuses MLA, sinks, sliding window, non-causal, encoder and
-    # cross-attention (supports_* default to False / decoder only); ALiBi and softcap are not
-    # part of the selector's configuration, so PodAttentionImpl refuses them (it is built with
-    # the model, also before the weights load).
+    # The base class already refuses MLA, non-causal, encoder and cross-attention (supports_*
+    # default to False / decoder only); ALiBi is not part of the selector's configuration, so
+    # PodAttentionImpl refuses it (it is built with the model, also before the weights load).
 
     # vLLM 0.26 only: the logical KV cache shape (K and V packed in the last dim, as FLASH_ATTN)
     # and its physical order. Newer vLLM fixes this shape itself; the kernel takes any strides.
@@ -210,6 +221,16 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
                              f"got {kv_cache_spec.block_size}")
         self.fa_builder = FlashAttentionMetadataBuilder(kv_cache_spec, layer_names, vllm_config,
                                                         device)
+        window = getattr(kv_cache_spec, "sliding_window", None)
+        if window is not None:
+            # FA3's ahead-of-time schedule must know the layers' window, which FLASH_ATTN's builder
+            # reads from FLASH_ATTN's own impls only: a sliding-window group has one window; a
+            # full-attention group that also holds window layers gets no ahead-of-time schedule
+            # (as FLASH_ATTN does for several windows).
+            if isinstance(kv_cache_spec, SlidingWindowSpec):
+                self.fa_builder.aot_sliding_window = (window - 1, 0)
+            else:
+                self.fa_builder.aot_schedule = False
         num_sms, ctas_per_sm = _device_occupancy(device, kv_cache_spec.dtype,
                                                  kv_cache_spec.head_size)
         # Padded CUDA-graph batches may exceed the scheduler's limits up to the capture size.
@@ -227,6 +248,11 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
             max_num_tokens=max(scheduler.max_num_batched_tokens, max_graph),
             device=device,
             prefill_rows=device_prefill_tile_rows(kv_cache_spec.dtype, kv_cache_spec.head_size),
+            # Key ranges are cut to the window only where every layer of the group has it: a
+            # full-attention group may hold window layers too (hybrid KV cache manager off); the
+            # kernel masks those by the layer's own window.
+            sliding_window=(kv_cache_spec.sliding_window
+                            if isinstance(kv_cache_spec, SlidingWindowSpec) else None),
         )
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
@@ -304,9 +330,6 @@ class PodAttentionImpl(AttentionImpl[PodAttentionMetadata]):
     ) -> None:
         unsupported = [reason for reason, present in (
             ("ALiBi", alibi_slopes is not None),
-            ("sliding window", sliding_window is not None),
-            ("logits soft cap", bool(logits_soft_cap)),
-            ("attention sinks", sinks is not None),
             (f"attention type {attn_type}", attn_type != AttentionType.DECODER),
             (f"kv_cache_dtype {kv_cache_dtype}",
              kv_cache_dtype not in PodAttentionBackend.supported_kv_cache_dtypes),
@@ -323,10 +346,14 @@ class PodAttentionImpl(AttentionImpl[PodAttentionMetadata]):
         self.kv_cache_dtype = kv_cache_dtype
         self.attn_type = attn_type
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        self.window = sliding_window  # FLASH_ATTN's impl keeps it as (window - 1, 0)
+        self.logits_soft_cap = logits_soft_cap or None
+        # The layer's parameter itself (its weights load later), read by the kernel in its dtype.
+        self.sinks = sinks
         # Single-phase batches run through FLASH_ATTN's impl on FLASH_ATTN's metadata.
-        self.fa_impl = FlashAttentionImpl(num_heads, head_size, scale, num_kv_heads, None, None,
-                                          kv_cache_dtype, None, attn_type,
-                                          kv_sharing_target_layer_name)
+        self.fa_impl = FlashAttentionImpl(num_heads, head_size, scale, num_kv_heads, None,
+                                          sliding_window, kv_cache_dtype, logits_soft_cap,
+                                          attn_type, kv_sharing_target_layer_name, sinks=sinks)
 
     def forward(
         self,
@@ -352,7 +379,8 @@ class PodAttentionImpl(AttentionImpl[PodAttentionMetadata]):
         # (blocks, kv heads, block size, 2*D) -> two (blocks, block size, kv heads, D) views.
         key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
         pod_attention(output[:n], query[:n], key_cache, value_cache, attn_metadata.block_table,
-                      attn_metadata.plan, self.scale)
+                      attn_metadata.plan, self.scale, logits_soft_cap=self.logits_soft_cap,
+                      sliding_window=self.window, sinks=self.sinks)
         POD_STATS["fused_calls"] += 1
         return output
 
