@@ -86,25 +86,45 @@ __device__ __forceinline__ float tanh_exp2(float x) {
   return 1.f - __fdividef(2.f, exp2f(x * 2.8853900817779268f) + 1.f);  // 2 log2(e)
 }
 
-// Soft-caps (p.softcap_in != 0), masks (kMask) and folds one tile's raw scores s of m-tile mt into
-// the running max and sum; on return s holds the tile's probabilities, unnormalised (exp2 of
+// What a tile step does to its raw scores before the softmax, fixed at compile time so that each
+// combination is one straight-line step (the soft-cap tested at run time inside the step measured
+// 2-3% slower on long prefills): kMask, the per-key mask; kSoftcap, the logits soft-cap.
+template <bool kMask_, bool kSoftcap_>
+struct ScoreMods {
+  static constexpr bool kMask = kMask_, kSoftcap = kSoftcap_;
+};
+// Calls step(ScoreMods<...>{}) for a tile that needs the mask or not, of a layer soft-capped or not.
+template <class Step>
+__device__ __forceinline__ void with_score_mods(bool masked, bool softcap, Step&& step) {
+  if (softcap) {
+    if (masked) step(ScoreMods<true, true>{});
+    else step(ScoreMods<false, true>{});
+  } else {
+    if (masked) step(ScoreMods<true, false>{});
+    else step(ScoreMods<false, false>{});
+  }
+}
+__device__ __forceinline__ bool soft_capped(const PodParams& p) { return p.softcap_in != 0.f; }
+
+// Soft-caps (Mods::kSoftcap), masks (Mods::kMask) and folds one tile's raw scores s of m-tile mt
+// into the running max and sum; on return s holds the tile's probabilities, unnormalised (exp2 of
 // scaled scores minus the running max), and alpha the factor by which the m-tile's o must be
 // rescaled (rescale_o) before this tile's P V is added. pos: the sequence positions of this
 // thread's two rows. The mask hides keys past kv_end, past the row (causal) and before the row's
 // sliding window.
-template <class Cfg, int M, int NK, bool kMask>
+template <class Cfg, int M, int NK, class Mods>
 __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, float (&s)[NK / 8][4],
                                                int key0, int kv_end, const int (&pos)[2],
                                                const PodParams& p, float (&alpha)[2]) {
   const int lane = threadIdx.x & 31;
   const float scale_log2 = p.scale_log2;
-  if (p.softcap_in != 0.f) {
+  if constexpr (Mods::kSoftcap) {
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[j][e] = tanh_exp2(s[j][e] * p.softcap_in) * p.softcap_out;
   }
-  if constexpr (kMask) {
+  if constexpr (Mods::kMask) {
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j)
 #pragma unroll
@@ -152,12 +172,12 @@ __device__ __forceinline__ void rescale_o(WarpState<Cfg, M>& st, int mt, const f
 
 // online_softmax with the rescale of o applied at once, skipped by a warp none of whose rows' max
 // moved (every factor is then exactly 1, so the skip is exact).
-template <class Cfg, int M, int NK, bool kMask>
+template <class Cfg, int M, int NK, class Mods>
 __device__ __forceinline__ void masked_online_softmax(WarpState<Cfg, M>& st, int mt,
                                                       float (&s)[NK / 8][4], int key0, int kv_end,
                                                       const int (&pos)[2], const PodParams& p) {
   float alpha[2];
-  online_softmax<Cfg, M, NK, kMask>(st, mt, s, key0, kv_end, pos, p, alpha);
+  online_softmax<Cfg, M, NK, Mods>(st, mt, s, key0, kv_end, pos, p, alpha);
   if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) rescale_o<Cfg, M>(st, mt, alpha);
 }
 
@@ -172,9 +192,9 @@ __device__ __forceinline__ void p_fragment(const float (&s)[NK / 8][4], int kk, 
 }
 
 // One warp, one K/V tile: rows [q_row0, q_row0 + 16*M) of sQ against keys [kw0, kw0+NK) of sK/sV.
-// key0 is the sequence position of key kw0. With kMask, a key counts only if it is < kv_end and
-// <= the row's position (row_pos, per m-tile and per thread's two rows).
-template <class Cfg, int M, int NK, bool kMask>
+// key0 is the sequence position of key kw0. With Mods::kMask, a key counts only if it is < kv_end
+// and within the row's causal window (row_pos, per m-tile and per thread's two rows).
+template <class Cfg, int M, int NK, class Mods>
 __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typename Cfg::T* sQ,
                                             const typename Cfg::T* sK,
                                             const typename Cfg::T* sV, int q_row0, int kw0,
@@ -211,7 +231,7 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
 
 #pragma unroll
   for (int mt = 0; mt < M; ++mt)
-    masked_online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], p);
+    masked_online_softmax<Cfg, M, NK, Mods>(st, mt, s[mt], key0, kv_end, row_pos[mt], p);
 
   // O += P V.
 #pragma unroll

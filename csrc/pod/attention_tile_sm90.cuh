@@ -142,7 +142,7 @@ __device__ __forceinline__ void issue_scores(const typename Cfg::T* sQ, const ty
 // rows 64*mt + 16*w of each m-tile. Both S = Q K^T products are issued at once, then both softmaxes
 // run, then both P V products. The schedule is fixed at compile time: ptxas serialises wgmma
 // around data-dependent waits.
-template <class Cfg, int NK, bool kMask>
+template <class Cfg, int NK, class Mods>
 __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTiles>& st,
                                                  const typename Cfg::T* sQ, const typename Cfg::T* sK,
                                                  const typename Cfg::T* sV, int key0, int kv_end,
@@ -151,7 +151,7 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
   using T = typename Cfg::T;
   constexpr int M = Cfg::kPrefillMTiles;
   float s[M][NK / 8][4];
-  uint32_t p[M][NK / 16][4];
+  uint32_t pf[M][NK / 16][4];  // P, packed
 
   issue_scores<Cfg, NK>(sQ, sK, s);
   // Both m-tiles' softmaxes in one block, so their dependent chains (row max, shuffles, exp2, sum)
@@ -163,7 +163,7 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
 #pragma unroll
   for (int mt = 0; mt < M; ++mt) {
     fence_accumulators<NK / 2>(&s[mt][0][0]);
-    online_softmax<Cfg, M, NK, kMask>(st, mt, s[mt], key0, kv_end, row_pos[mt], p, alpha[mt]);
+    online_softmax<Cfg, M, NK, Mods>(st, mt, s[mt], key0, kv_end, row_pos[mt], p, alpha[mt]);
     moved |= alpha[mt][0] != 1.f || alpha[mt][1] != 1.f;
   }
   if (__any_sync(0xffffffff, moved))
@@ -172,8 +172,8 @@ __device__ __forceinline__ void warpgroup_attend(WarpState<Cfg, Cfg::kPrefillMTi
 #pragma unroll
   for (int mt = 0; mt < M; ++mt) {
 #pragma unroll
-    for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s[mt], kk, p[mt][kk]);
-    issue_pv<Cfg, NK>(p[mt], sV, st.o[mt]);
+    for (int kk = 0; kk < NK / 16; ++kk) p_fragment<T, NK>(s[mt], kk, pf[mt][kk]);
+    issue_pv<Cfg, NK>(pf[mt], sV, st.o[mt]);
   }
   cute::warpgroup_wait<0>();
 #pragma unroll

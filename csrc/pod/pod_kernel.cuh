@@ -55,6 +55,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   for (int mt = 0; mt < kM; ++mt)
     thread_row_positions(it, kIsDecode ? 0 : Cfg::prefill_row(warp, mt), lane, row_pos[mt]);
   const TileMask needs_mask = tile_mask(it, kKeys, p.window_left);
+  const bool softcap = soft_capped(p);
 
   WarpState<Cfg, kM> st;
   st.init();
@@ -80,35 +81,24 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     team.sync();
     if (ahead < num_tiles) load_tile(ahead);
     const int stage = t % kStages;
-    const bool masked = needs_mask(tile_start);
-    if constexpr (kIsDecode) {
-      if (warp < Cfg::kDecodeWarps) {
-        const int kw0 = warp * Cfg::kDecodeWarpKeys;
-        if (masked)
-          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, true>(st, sQ, sK(stage), sV(stage), 0, kw0,
+    with_score_mods(needs_mask(tile_start), softcap, [&](auto mods) {
+      using Mods = decltype(mods);
+      if constexpr (kIsDecode) {
+        if (warp < Cfg::kDecodeWarps) {
+          const int kw0 = warp * Cfg::kDecodeWarpKeys;
+          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, sK(stage), sV(stage), 0, kw0,
                                                           tile_start + kw0, it.kv_end, row_pos, p);
-        else
-          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, false>(st, sQ, sK(stage), sV(stage), 0, kw0,
-                                                           tile_start + kw0, it.kv_end, row_pos, p);
-      }
-    } else if constexpr (kWgmma) {
+        }
+      } else if constexpr (kWgmma) {
 #ifdef POD_HOPPER_PREFILL
-      if (masked)
-        sm90::warpgroup_attend<Cfg, kKeys, true>(st, sQ, sK(stage), sV(stage), tile_start,
-                                                 it.kv_end, row_pos, p);
-      else
-        sm90::warpgroup_attend<Cfg, kKeys, false>(st, sQ, sK(stage), sV(stage), tile_start,
-                                                  it.kv_end, row_pos, p);
+        sm90::warpgroup_attend<Cfg, kKeys, Mods>(st, sQ, sK(stage), sV(stage), tile_start, it.kv_end,
+                                                 row_pos, p);
 #endif
-    } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
-      const int row0 = Cfg::prefill_row(warp, 0);
-      if (masked)
-        warp_attend<Cfg, kM, kKeys, true>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
-                                          it.kv_end, row_pos, p);
-      else
-        warp_attend<Cfg, kM, kKeys, false>(st, sQ, sK(stage), sV(stage), row0, 0, tile_start,
-                                           it.kv_end, row_pos, p);
-    }
+      } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
+        warp_attend<Cfg, kM, kKeys, Mods>(st, sQ, sK(stage), sV(stage), Cfg::prefill_row(warp, 0), 0,
+                                          tile_start, it.kv_end, row_pos, p);
+      }
+    });
   }
   team.sync();  // the decode merge reuses the ring's shared memory
 

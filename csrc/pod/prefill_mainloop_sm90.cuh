@@ -98,14 +98,14 @@ __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem&
   constexpr int NK = Ring::kKeys;
   const int num_tiles = num_kv_tiles(it, NK);
   const TileMask needs_mask = tile_mask(it, NK, p.window_left);
+  const bool softcap = soft_capped(p);
   float s[NK / 8][4];
   uint32_t pf[NK / 16][4];  // P_{t-1}, the A operand of the P V in flight
   float alpha[2];
   auto softmax = [&](int tile_start) {
-    if (needs_mask(tile_start))
-      online_softmax<Cfg, 1, NK, true>(st, 0, s, tile_start, it.kv_end, row_pos[0], p, alpha);
-    else
-      online_softmax<Cfg, 1, NK, false>(st, 0, s, tile_start, it.kv_end, row_pos[0], p, alpha);
+    with_score_mods(needs_mask(tile_start), softcap, [&](auto mods) {
+      online_softmax<Cfg, 1, NK, decltype(mods)>(st, 0, s, tile_start, it.kv_end, row_pos[0], p, alpha);
+    });
   };
   auto pack_p = [&] {
 #pragma unroll
