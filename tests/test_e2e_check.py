@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from benchmarks.e2e_check import (
+    FAMILIES,
     FLOOR,
     MAX_MODEL_LEN,
-    MODEL_CONFIG,
     TOLERANCE_MULTIPLE,
     VOCAB_SIZE,
     judge,
@@ -70,7 +70,7 @@ def test_checkpoint_tokenizer_and_config_agree(checkpoint):
                                                           tokenizer.eos_token_id) == (0, 1)
     assert {k: getattr(config, k) for k in ("hidden_size", "num_attention_heads",
                                              "num_key_value_heads", "head_dim")} == {
-        k: MODEL_CONFIG[k] for k in ("hidden_size", "num_attention_heads",
+        k: FAMILIES["llama"].config[k] for k in ("hidden_size", "num_attention_heads",
                                       "num_key_value_heads", "head_dim")}
     assert config.max_position_embeddings >= MAX_MODEL_LEN
 
