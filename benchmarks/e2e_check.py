@@ -190,7 +190,8 @@ def checkpoint_tensors(family: Family, seed: int = 0) -> dict:
                         m + "experts.down_proj": normal(experts, ffn, h),
                         m + "experts.down_proj_bias": normal(experts, h)}
         else:
-            tensors |= {m + "gate_proj.weight": normal(ffn, h), m + "up_proj.weight": normal(ffn, h),
+            tensors |= {m + "gate_proj.weight": normal(ffn, h),
+                        m + "up_proj.weight": normal(ffn, h),
                         m + "down_proj.weight": normal(h, ffn)}
     return tensors
 
