@@ -1,9 +1,10 @@
 """End-to-end check on a GPU that fails when POD's attention is wrong.
 
-A small Llama-shaped checkpoint with random weights (std 0.02, written here with the project's
-tokenizer) runs in vLLM (its offline API, eager unless --cudagraph-mode says otherwise, one
-process per backend) with FLASH_ATTN and with POD (VLLM_ATTENTION_BACKEND=POD). Each computes teacher-forced prompt log-probabilities
-(vLLM's `prompt_logprobs`) of the same token-id prompts:
+A small checkpoint of one model family (--family, FAMILIES; Llama by default) with random weights
+(std 0.02, written here with the project's tokenizer) runs in vLLM (its offline API, eager unless
+--cudagraph-mode says otherwise, one process per backend) with FLASH_ATTN and with POD
+(VLLM_ATTENTION_BACKEND=POD). Each computes teacher-forced prompt log-probabilities (vLLM's
+`prompt_logprobs`) of the same token-id prompts:
 
 - together: long prompts prefilled in chunks (--max-num-batched-tokens 512) while short ones
   decode, so most steps are hybrid batches, which POD runs through its fused kernel;
@@ -15,8 +16,13 @@ first differ) is the yardstick: it is what batch composition alone changes. POD 
 FLASH_ATTN together must stay within TOLERANCE_MULTIPLE times it plus a small floor, and POD's log
 must show fused hybrid batches. Prints PASS or FAIL with the numbers and writes summary.json.
 
-    python -m benchmarks.e2e_check --out /tmp/e2e [--model-runner v1] [--tensor-parallel-size 2]
-                                   [--cudagraph-mode FULL]
+    python -m benchmarks.e2e_check --out /tmp/e2e [--family gemma2] [--model-runner v1]
+                                   [--tensor-parallel-size 2] [--cudagraph-mode FULL]
+
+--family picks the model family, and with it what the attention backend must do beside causal
+masking: sliding windows (shorter than the long prompts, on every layer or interleaved with global
+layers), logits soft-cap, attention sinks, head dims 64 to 256; --family's help says which family
+asks for what.
 
 --cudagraph-mode runs both backends under CUDA graphs of that vLLM mode instead of eagerly (FULL:
 full graphs of mixed batches too, where every POD batch runs the fused kernel).

@@ -186,13 +186,13 @@ def _without(feature, model_dir):
 
 @pytest.fixture(scope="module")
 def family_logprobs(family_checkpoint):
-    """A family's prompt logprobs in transformers on a prompt that passes its window by 256
+    """A family's prompt logprobs in transformers on a prompt that passes its window by 512
     tokens, computed once per module."""
     computed = {}
 
     def get(family):
         if family not in computed:
-            length = FAMILIES[family].config.get("sliding_window", 0) + 256
+            length = FAMILIES[family].config.get("sliding_window", 0) + 512
             ids = torch.tensor(
                 make_requests(bos_id=0, n_long=1, n_short=0)[0]["prompt_token_ids"][:length])
             model, _ = transformers_model(family_checkpoint(family))
