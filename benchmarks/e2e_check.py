@@ -126,7 +126,7 @@ FAMILIES = {
         "attention sinks on every layer, sliding window (128) on alternate layers, head dim 64, "
         "mixture of experts"),
 }
-# Outside --out, one directory per family: the weights (~120 MB) are rewritten on every run and
+# Outside --out, one directory per family: the weights (100-150 MB) are rewritten on every run and
 # are no result.
 MODEL_DIR = Path(tempfile.gettempdir()) / "vllm-pod-e2e-model"
 
