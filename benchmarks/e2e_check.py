@@ -1,9 +1,10 @@
 """End-to-end check on a GPU that fails when POD's attention is wrong.
 
-A small Llama-shaped checkpoint with random weights (std 0.02, written here with the project's
-tokenizer) runs in vLLM (its offline API, eager unless --cudagraph-mode says otherwise, one
-process per backend) with FLASH_ATTN and with POD (VLLM_ATTENTION_BACKEND=POD). Each computes teacher-forced prompt log-probabilities
-(vLLM's `prompt_logprobs`) of the same token-id prompts:
+A small checkpoint of one model family (--family, FAMILIES; Llama by default) with random weights
+(std 0.02, written here with the project's tokenizer) runs in vLLM (its offline API, eager unless
+--cudagraph-mode says otherwise, one process per backend) with FLASH_ATTN and with POD
+(VLLM_ATTENTION_BACKEND=POD). Each computes teacher-forced prompt log-probabilities (vLLM's
+`prompt_logprobs`) of the same token-id prompts:
 
 - together: long prompts prefilled in chunks (--max-num-batched-tokens 512) while short ones
   decode, so most steps are hybrid batches, which POD runs through its fused kernel;
@@ -15,8 +16,13 @@ first differ) is the yardstick: it is what batch composition alone changes. POD 
 FLASH_ATTN together must stay within TOLERANCE_MULTIPLE times it plus a small floor, and POD's log
 must show fused hybrid batches. Prints PASS or FAIL with the numbers and writes summary.json.
 
-    python -m benchmarks.e2e_check --out /tmp/e2e [--model-runner v1] [--tensor-parallel-size 2]
-                                   [--cudagraph-mode FULL]
+    python -m benchmarks.e2e_check --out /tmp/e2e [--family gemma2] [--model-runner v1]
+                                   [--tensor-parallel-size 2] [--cudagraph-mode FULL]
+
+--family picks the model family, and with it what the attention backend must do beside causal
+masking: sliding windows (shorter than the long prompts, on every layer or interleaved with global
+layers), logits soft-cap, attention sinks, head dims 64 to 256; --family's help says which family
+asks for what.
 
 --cudagraph-mode runs both backends under CUDA graphs of that vLLM mode instead of eagerly (FULL:
 full graphs of mixed batches too, where every POD batch runs the fused kernel).
@@ -36,21 +42,92 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.serving.tokenizer import save_tokenizer, train_tokenizer
 
-# The checkpoint: Llama shapes POD supports (head dim 128, GQA 8 query / 2 KV heads), few layers.
 VOCAB_SIZE = 4096
 NUM_SPECIAL_TOKENS = 2  # BOS and EOS, the tokenizer's first ids
-MODEL_CONFIG = dict(
-    architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024,
-    intermediate_size=2816, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
-    head_dim=128, vocab_size=VOCAB_SIZE, max_position_embeddings=8192, rope_theta=500000.0,
-    rms_norm_eps=1e-5, hidden_act="silu", attention_bias=False, mlp_bias=False,
-    tie_word_embeddings=False, initializer_range=0.02, torch_dtype="bfloat16")
 WEIGHT_STD = 0.02
-# Outside --out: the weights (~120 MB) are rewritten on every run and are no result.
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family's checkpoint: its config.json (the tokenizer's special token ids are added)
+    and what it makes the attention backend do."""
+
+    config: dict
+    exercises: str
+    qk_weight_std: float = WEIGHT_STD  # of q_proj and k_proj; the other matrices have WEIGHT_STD
+
+
+# Small shapes of each family (few layers, hidden 1024), the family's own attention features.
+# Every window is shorter than the long prompts (LONG_TOKENS), and interleaving families keep
+# global layers, so the window masks and full attention runs beside it.
+_SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+              vocab_size=VOCAB_SIZE, max_position_embeddings=8192, initializer_range=0.02,
+              torch_dtype="bfloat16")
+FAMILIES = {
+    # Head dim 128, GQA 8 query / 2 KV heads.
+    "llama": Family(dict(
+        _SHAPE, architectures=["LlamaForCausalLM"], model_type="llama", num_attention_heads=8,
+        num_key_value_heads=2, head_dim=128, rope_theta=500000.0, rms_norm_eps=1e-5,
+        hidden_act="silu", attention_bias=False, mlp_bias=False, tie_word_embeddings=False),
+        "plain causal attention"),
+    # Without layer_types every layer is windowed (vLLM sets the window model-wide).
+    "mistral": Family(dict(
+        _SHAPE, architectures=["MistralForCausalLM"], model_type="mistral",
+        num_attention_heads=8, num_key_value_heads=2, head_dim=128, sliding_window=512,
+        rope_theta=1000000.0, rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False),
+        "sliding window (512) on every layer"),
+    # Gemma-2-27B's scale: query_pre_attn_scalar is hidden / heads, not the head dim (128 at head
+    # dim 256). The attention soft-cap is 5, not the real 50, which random weights never reach
+    # (std-0.02 projections give scores of std ~0.6, where tanh(s / 50) is linear) and which, once
+    # q/k are scaled up to reach it, makes attention nearly one-hot: there a tanh rounded to 2^-11
+    # (a GPU's fast tanh) alone moves logprobs by ~0.15 nats, past the floor. With q/k weights of
+    # std 0.05 scores have std ~3.6, each row's top scores (~11) bend to ~5, that rounding moves
+    # logprobs by ~0.003, and dropping the cap, applying it before the scale or before the mask
+    # moves them by 1-3 nats (CPU replays; tests/test_e2e_check.py keeps the first). The final
+    # soft-cap (30) is vLLM's logits processor's, the same for both backends.
+    "gemma2": Family(dict(
+        _SHAPE, architectures=["Gemma2ForCausalLM"], model_type="gemma2", num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=128,
+        attn_logit_softcapping=5.0, final_logit_softcapping=30.0, sliding_window=1024,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0), rms_norm_eps=1e-6,
+        hidden_activation="gelu_pytorch_tanh", attention_bias=False, tie_word_embeddings=True),
+        "logits soft-cap (5) on every layer, sliding window (1024) on alternate layers, "
+        "head dim 256, scale 1/sqrt(128)", qk_weight_std=0.05),
+    # Gemma 3's pattern: five local layers to one global, each kind with its own RoPE base;
+    # q/k norms. Head dim 128 as in Gemma-3-27B (the smaller ones use 256, gemma2 covers it).
+    "gemma3": Family(dict(
+        _SHAPE, architectures=["Gemma3ForCausalLM"], model_type="gemma3_text",
+        num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4, head_dim=128,
+        query_pre_attn_scalar=128, sliding_window=512,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+        rope_parameters=dict(sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+                             full_attention=dict(rope_type="default", rope_theta=1000000.0)),
+        rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh", attention_bias=False,
+        tie_word_embeddings=True),
+        "sliding window (512) on five layers of six, q/k norms"),
+    # gpt-oss's own head dim (64), GQA (8), window (128) and YaRN RoPE; vLLM windows the even
+    # layers whatever layer_types says, which says the same. Unquantized bf16 experts: vLLM loads
+    # them without a quantization_config and runs them on its Triton MoE kernel.
+    "gpt-oss": Family(dict(
+        _SHAPE, architectures=["GptOssForCausalLM"], model_type="gpt_oss",
+        intermediate_size=1024, num_local_experts=4, num_experts_per_tok=2,
+        num_attention_heads=16, num_key_value_heads=2, head_dim=64, sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        max_position_embeddings=131072,
+        rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=32.0, beta_fast=32.0,
+                             beta_slow=1.0, truncate=False, original_max_position_embeddings=4096),
+        rms_norm_eps=1e-5, attention_bias=True, tie_word_embeddings=False),
+        "attention sinks on every layer, sliding window (128) on alternate layers, head dim 64, "
+        "mixture of experts"),
+}
+# Outside --out, one directory per family: the weights (100-150 MB) are rewritten on every run and
+# are no result.
 MODEL_DIR = Path(tempfile.gettempdir()) / "vllm-pod-e2e-model"
 
 MAX_MODEL_LEN = 4096
@@ -72,40 +149,72 @@ FUSED_LINE = re.compile(r"POD fused batch: [1-9]\d* decodes, [1-9]\d* prefills")
 V2_RUNNER_LINE = "Using V2 Model Runner"  # vLLM 0.26 logs this when it picks model runner V2
 
 
-def write_checkpoint(model_dir: Path, seed: int = 0) -> Path:
-    """config.json, tokenizer files and model.safetensors (bf16, normal(0, WEIGHT_STD) matrices,
-    unit norm weights) under the names vLLM's Llama loader reads."""
+def checkpoint_tensors(family: Family, seed: int = 0) -> dict:
+    """Every weight the family's vLLM loader reads, by the checkpoint names transformers uses
+    (bf16): matrices, biases and experts normal(0, WEIGHT_STD) (q/k projections at the family's
+    std), norms of unit scale, attention sinks between 0 and ln(window) (each head's sink weighs
+    as much as 1 to `window` keys of score 0)."""
     import torch
+
+    config = family.config
+    gen = torch.Generator().manual_seed(seed)
+    normal = lambda *shape, std=WEIGHT_STD: (torch.randn(shape, generator=gen) * std).to(
+        torch.bfloat16)
+    gemma = config["model_type"] in ("gemma2", "gemma3_text")
+    # Gemma's RMSNorm scales by (1 + w): zeros are its unit scale.
+    unit = lambda n: (torch.zeros if gemma else torch.ones)(n, dtype=torch.bfloat16)
+    h, d = config["hidden_size"], config["head_dim"]
+    nq, nkv = config["num_attention_heads"], config["num_key_value_heads"]
+    ffn, experts = config["intermediate_size"], config.get("num_local_experts")
+    tensors = {"model.embed_tokens.weight": normal(VOCAB_SIZE, h), "model.norm.weight": unit(h)}
+    if not config["tie_word_embeddings"]:
+        tensors["lm_head.weight"] = normal(VOCAB_SIZE, h)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        a, m = p + "self_attn.", p + "mlp."
+        tensors |= {p + "input_layernorm.weight": unit(h),
+                    p + "post_attention_layernorm.weight": unit(h),
+                    a + "q_proj.weight": normal(nq * d, h, std=family.qk_weight_std),
+                    a + "k_proj.weight": normal(nkv * d, h, std=family.qk_weight_std),
+                    a + "v_proj.weight": normal(nkv * d, h),
+                    a + "o_proj.weight": normal(h, nq * d)}
+        if config.get("attention_bias"):
+            tensors |= {a + "q_proj.bias": normal(nq * d), a + "k_proj.bias": normal(nkv * d),
+                        a + "v_proj.bias": normal(nkv * d), a + "o_proj.bias": normal(h)}
+        if gemma:
+            tensors |= {p + "pre_feedforward_layernorm.weight": unit(h),
+                        p + "post_feedforward_layernorm.weight": unit(h)}
+        if config["model_type"] == "gemma3_text":
+            tensors |= {a + "q_norm.weight": unit(d), a + "k_norm.weight": unit(d)}
+        if config["model_type"] == "gpt_oss":
+            # Gate and up columns interleaved, as transformers and vLLM's swigluoai read them.
+            tensors |= {a + "sinks": (torch.rand(nq, generator=gen) * math.log(
+                            config["sliding_window"])).to(torch.bfloat16),
+                        m + "router.weight": normal(experts, h), m + "router.bias": normal(experts),
+                        m + "experts.gate_up_proj": normal(experts, h, 2 * ffn),
+                        m + "experts.gate_up_proj_bias": normal(experts, 2 * ffn),
+                        m + "experts.down_proj": normal(experts, ffn, h),
+                        m + "experts.down_proj_bias": normal(experts, h)}
+        else:
+            tensors |= {m + "gate_proj.weight": normal(ffn, h),
+                        m + "up_proj.weight": normal(ffn, h),
+                        m + "down_proj.weight": normal(h, ffn)}
+    return tensors
+
+
+def write_checkpoint(model_dir: Path, family: str = "llama", seed: int = 0) -> Path:
+    """config.json, tokenizer files and model.safetensors of one of FAMILIES."""
     from safetensors.torch import save_file
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     special_ids = save_tokenizer(train_tokenizer(vocab_size=VOCAB_SIZE), model_dir,
                                  model_max_length=MAX_MODEL_LEN)
-    config = MODEL_CONFIG | special_ids
+    config = FAMILIES[family].config | special_ids
     (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-    gen = torch.Generator().manual_seed(seed)
-    normal = lambda *shape: (torch.randn(shape, generator=gen) * WEIGHT_STD).to(torch.bfloat16)
-    ones = lambda n: torch.ones(n, dtype=torch.bfloat16)
-    h, ffn, d = config["hidden_size"], config["intermediate_size"], config["head_dim"]
-    q_dim, kv_dim = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
-    tensors = {"model.embed_tokens.weight": normal(VOCAB_SIZE, h),
-               "model.norm.weight": ones(h), "lm_head.weight": normal(VOCAB_SIZE, h)}
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        tensors |= {p + "input_layernorm.weight": ones(h),
-                    p + "post_attention_layernorm.weight": ones(h),
-                    p + "self_attn.q_proj.weight": normal(q_dim, h),
-                    p + "self_attn.k_proj.weight": normal(kv_dim, h),
-                    p + "self_attn.v_proj.weight": normal(kv_dim, h),
-                    p + "self_attn.o_proj.weight": normal(h, q_dim),
-                    p + "mlp.gate_proj.weight": normal(ffn, h),
-                    p + "mlp.up_proj.weight": normal(ffn, h),
-                    p + "mlp.down_proj.weight": normal(h, ffn)}
-    save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    save_file(checkpoint_tensors(FAMILIES[family], seed), str(model_dir / "model.safetensors"),
+              metadata={"format": "pt"})
     return model_dir
-
 
 def make_requests(bos_id: int, n_long: int, n_short: int, seed: int = 0) -> list[dict]:
     """Token-id prompts (BOS first, then ids of the tokenizer's ordinary tokens) and how many
@@ -228,6 +337,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--family", choices=FAMILIES, default="llama",
+                    help="the checkpoint's model family: " + "; ".join(
+                        f"{name}: {f.exercises}" for name, f in FAMILIES.items()))
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--model-runner", choices=("auto", "v1", "v2"), default="auto",
                     help="force vLLM's model runner (VLLM_USE_V2_MODEL_RUNNER); auto: vLLM's "
@@ -250,7 +362,7 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = write_checkpoint(MODEL_DIR)
+    model_dir = write_checkpoint(MODEL_DIR / args.family, args.family)
     config = json.loads((model_dir / "config.json").read_text())
     requests = make_requests(config["bos_token_id"], args.long, args.short)
     requests_path = out / "requests.json"
@@ -261,8 +373,9 @@ def main() -> int:
     fa_vs_fa = logprob_diff(fa["together"], fa["alone"])
     pod_vs_fa = logprob_diff(pod["together"], fa["together"])
     failures = judge(pod_vs_fa, fa_vs_fa, pod_facts["fused_batches"])
+    family = FAMILIES[args.family]
     summary = dict(
-        passed=not failures, failures=failures,
+        passed=not failures, failures=failures, family=args.family,
         pod_vs_flash_attn_together=pod_vs_fa, flash_attn_together_vs_alone=fa_vs_fa,
         pod_together_vs_flash_attn_alone=logprob_diff(pod["together"], fa["alone"]),
         tolerance=dict(multiple=TOLERANCE_MULTIPLE, floor=FLOOR),
@@ -270,7 +383,8 @@ def main() -> int:
         tensor_parallel_size=args.tensor_parallel_size, cudagraph_mode=args.cudagraph_mode,
         requests=dict(long=args.long, short=args.short,
                       prompt_tokens=sum(len(r["prompt_token_ids"]) for r in requests)),
-        chunk_tokens=CHUNK_TOKENS, model=MODEL_CONFIG | dict(weight_std=WEIGHT_STD))
+        chunk_tokens=CHUNK_TOKENS, model=family.config | dict(
+            weight_std=WEIGHT_STD, qk_weight_std=family.qk_weight_std))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary[k] for k in ("pod_vs_flash_attn_together",
                                               "flash_attn_together_vs_alone",

@@ -1,17 +1,19 @@
-"""The end-to-end check's own logic on the CPU: the checkpoint it writes, the requests it sends,
-and the criterion that decides PASS or FAIL."""
+"""The end-to-end check's own logic on the CPU: the checkpoints it writes (each family's, loaded
+and run by transformers), the requests it sends, and the criterion that decides PASS or FAIL."""
 
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks.e2e_check import (
+    FAMILIES,
     FLOOR,
+    LONG_TOKENS,
     MAX_MODEL_LEN,
-    MODEL_CONFIG,
     TOLERANCE_MULTIPLE,
     VOCAB_SIZE,
     judge,
@@ -23,8 +25,21 @@ from benchmarks.e2e_check import (
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("e2e-model"))
+def family_checkpoint(tmp_path_factory):
+    """A family's checkpoint directory, written once per module."""
+    written = {}
+
+    def get(family):
+        if family not in written:
+            written[family] = write_checkpoint(tmp_path_factory.mktemp(f"e2e-{family}"), family)
+        return written[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def checkpoint(family_checkpoint):
+    return family_checkpoint("llama")
 
 
 def test_checkpoint_has_llama_shapes_and_random_weights(checkpoint):
@@ -60,19 +75,152 @@ def test_checkpoint_has_llama_shapes_and_random_weights(checkpoint):
     assert not torch.equal(q0, q1)
 
 
-def test_checkpoint_tokenizer_and_config_agree(checkpoint):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_tokenizer_and_config_agree(family_checkpoint, family):
     from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    config = AutoConfig.from_pretrained(checkpoint)
+    model_dir = family_checkpoint(family)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
     assert len(tokenizer) == config.vocab_size == VOCAB_SIZE
     assert (config.bos_token_id, config.eos_token_id) == (tokenizer.bos_token_id,
                                                           tokenizer.eos_token_id) == (0, 1)
-    assert {k: getattr(config, k) for k in ("hidden_size", "num_attention_heads",
-                                             "num_key_value_heads", "head_dim")} == {
-        k: MODEL_CONFIG[k] for k in ("hidden_size", "num_attention_heads",
-                                      "num_key_value_heads", "head_dim")}
+    # What vLLM reads to build the attention layers, as the family wrote it.
+    written = FAMILIES[family].config
+    for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "sliding_window", "layer_types", "attn_logit_softcapping",
+                "final_logit_softcapping", "query_pre_attn_scalar", "tie_word_embeddings"):
+        assert getattr(config, key, None) == written.get(key), key
     assert config.max_position_embeddings >= MAX_MODEL_LEN
+
+
+def test_family_windows_mask_the_long_prompts_beside_global_layers():
+    for name, family in FAMILIES.items():
+        config = family.config
+        if "sliding_window" not in config:
+            continue
+        assert config["sliding_window"] < LONG_TOKENS[0], name
+        if "layer_types" in config:
+            assert set(config["layer_types"]) == {"sliding_attention", "full_attention"}, name
+            assert len(config["layer_types"]) == config["num_hidden_layers"], name
+    # vLLM's gpt-oss windows the even layers, whatever layer_types says.
+    assert FAMILIES["gpt-oss"].config["layer_types"] == [
+        "full_attention" if i % 2 else "sliding_attention" for i in range(4)]
+
+
+def transformers_model(model_dir, **config_changes):
+    """The checkpoint in transformers (float32, eager attention: the one with every feature) and
+    its loading info; skips a family this transformers lacks."""
+    import transformers
+
+    architecture = json.loads((Path(model_dir) / "config.json").read_text())["architectures"][0]
+    if not hasattr(transformers, architecture):
+        pytest.skip(f"transformers {transformers.__version__} has no {architecture}")
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True,
+        **config_changes)
+
+
+def transformers_logprobs(model, ids) -> list[float]:
+    with torch.no_grad():
+        logits = model(ids[None]).logits[0].float()
+    assert torch.isfinite(logits).all()
+    return logits.log_softmax(-1)[:-1].gather(1, ids[1:, None])[:, 0].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_checkpoint_loads_in_transformers_with_every_weight(family_checkpoint, family):
+    from safetensors.torch import load_file
+
+    model_dir = family_checkpoint(family)
+    model, info = transformers_model(model_dir)
+    assert info == dict(missing_keys=set(), unexpected_keys=set(), mismatched_keys=set(),
+                        error_msgs=[])
+    assert type(model).__name__ == FAMILIES[family].config["architectures"][0]
+    # Every parameter is the file's (none left at transformers' initialisation), lm_head is the
+    # embedding where the family ties them.
+    weights = load_file(model_dir / "model.safetensors")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if FAMILIES[family].config["tie_word_embeddings"]:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    assert params.keys() == weights.keys()
+    assert all(torch.equal(params[name], w.float()) for name, w in weights.items())
+    # Every norm has unit scale as the family defines it (Gemma's: 1 + w).
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    assert len(norms) == sum(name.endswith("norm.weight") for name in weights)
+    for norm in norms:
+        x = torch.randn(3, norm.weight.shape[0])
+        x = x / x.pow(2).mean(-1, keepdim=True).sqrt()
+        torch.testing.assert_close(norm(x), x, rtol=1e-4, atol=1e-4)  # eps aside
+    ids = torch.tensor(make_requests(bos_id=0, n_long=0, n_short=1)[0]["prompt_token_ids"])
+    logprobs = transformers_logprobs(model, ids)
+    assert len(logprobs) == len(ids) - 1 and all(-30 < lp < 0 for lp in logprobs)
+
+
+def _features():
+    for name, family in FAMILIES.items():
+        config = family.config
+        for feature, present in (("sliding window", "sliding_window" in config),
+                                 ("soft-cap", config.get("attn_logit_softcapping")),
+                                 ("sinks", config["model_type"] == "gpt_oss")):
+            if present:
+                yield name, feature
+
+
+def _without(feature, model_dir):
+    """The family's model in transformers without one attention feature."""
+    if feature == "sliding window":
+        # A window as long as any prompt; the layer types stay (Gemma 3's set the RoPE base too).
+        changes = dict(sliding_window=MAX_MODEL_LEN)
+    elif feature == "soft-cap":
+        changes = dict(attn_logit_softcapping=None)
+    else:
+        changes = {}
+    model, _ = transformers_model(model_dir, **changes)
+    if feature == "sinks":
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.sinks.fill_(-math.inf)
+    return model
+
+
+@pytest.fixture(scope="module")
+def family_logprobs(family_checkpoint):
+    """A family's prompt logprobs in transformers on a prompt that passes its window by 512
+    tokens, computed once per module."""
+    computed = {}
+
+    def get(family):
+        if family not in computed:
+            length = FAMILIES[family].config.get("sliding_window", 0) + 512
+            ids = torch.tensor(
+                make_requests(bos_id=0, n_long=1, n_short=0)[0]["prompt_token_ids"][:length])
+            model, _ = transformers_model(family_checkpoint(family))
+            computed[family] = ids, transformers_logprobs(model, ids)
+        return computed[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family, feature", list(_features()))
+def test_family_attention_feature_binds(family_checkpoint, family_logprobs, family, feature):
+    # A backend that ignored the feature would fail the check, even against the largest batch
+    # variance FLASH_ATTN has shown (H200, llama): the windows mask, the soft-cap bends, the sinks
+    # take weight on random weights.
+    measured = json.loads((Path(__file__).parents[1] / "benchmarks/results/e2e/"
+                           "summary_h200.json").read_text())["flash_attn_together_vs_alone"]
+    config = FAMILIES[family].config
+    ids, with_it = family_logprobs(family)
+    without = transformers_logprobs(_without(feature, family_checkpoint(family)), ids)
+    as_answers = lambda lp: [dict(prompt_logprobs=lp, tokens=[], logprobs=[])]
+    failures = judge(logprob_diff(as_answers(without), as_answers(with_it)), measured, 1)
+    assert any("prompt logprobs: POD vs FLASH_ATTN max" in f for f in failures), failures
+    assert any("prompt logprobs: POD vs FLASH_ATTN mean" in f for f in failures), failures
+    if feature == "sliding window":
+        # transformers' window (vLLM's too): a query sees itself and window - 1 keys before it,
+        # so the first query that loses a key sits at position window.
+        window = config["sliding_window"]
+        assert with_it[:window] == without[:window] and with_it[window] != without[window]
 
 
 def test_requests_make_hybrid_steps_and_fit_the_context():
@@ -225,8 +373,10 @@ def test_log_facts_count_fused_batches_and_name_the_model_runner():
                                                                         model_runner="v1")
 
 
-@pytest.mark.parametrize("pod_offset, passed", [(0.0, True), (0.5, False)])
-def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_offset, passed):
+@pytest.mark.parametrize("pod_offset, passed, family",
+                         [(0.0, True, "llama"), (0.5, False, "gemma2")])
+def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_offset, passed,
+                                                  family):
     import sys
 
     from benchmarks import e2e_check
@@ -234,6 +384,9 @@ def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_off
     def serve(backend, args, model_dir, requests_path, alone):
         requests = json.loads(requests_path.read_text())
         assert (model_dir / "model.safetensors").exists() and alone == (backend == "FLASH_ATTN")
+        assert model_dir == tmp_path / "model" / family  # families do not share a directory
+        assert json.loads((model_dir / "config.json").read_text())["architectures"] == \
+            FAMILIES[family].config["architectures"]
         run = lambda offset: [dict(prompt_logprobs=[-8.0 + offset] * (len(r["prompt_token_ids"]) - 1),
                                    tokens=[5] * r["max_tokens"], logprobs=[-8.0] * r["max_tokens"])
                               for r in requests]
@@ -245,11 +398,13 @@ def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_off
     monkeypatch.setattr(e2e_check, "serve", serve)
     monkeypatch.setattr(e2e_check, "MODEL_DIR", tmp_path / "model")
     monkeypatch.setattr(sys, "argv", ["e2e_check", "--out", str(tmp_path / "out"), "--long", "2",
-                                      "--short", "3"])
+                                      "--short", "3", "--family", family])
     assert e2e_check.main() == (0 if passed else 1)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["passed"] is passed and bool(summary["failures"]) is not passed
     assert summary["pod_fused_batches"] == 7 and summary["model_runner"] == "v1"
+    assert summary["family"] == family
+    assert summary["model"]["architectures"] == FAMILIES[family].config["architectures"]
     fa = summary["flash_attn_together_vs_alone"]["prompt"]
     assert fa["max"] == pytest.approx(0.001) and fa["tokens"] == summary["requests"][
         "prompt_tokens"] - 5
