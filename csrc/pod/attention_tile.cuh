@@ -86,25 +86,26 @@ __device__ __forceinline__ float tanh_exp2(float x) {
   return 1.f - __fdividef(2.f, exp2f(x * 2.8853900817779268f) + 1.f);  // 2 log2(e)
 }
 
-// What a tile step does to its raw scores before the softmax, fixed at compile time so that each
-// combination is one straight-line step (the soft-cap tested at run time inside the step measured
-// 2-3% slower on long prefills): kMask, the per-key mask; kSoftcap, the logits soft-cap.
+// What a tile step does to its raw scores before the softmax, both fixed at compile time: kMask,
+// the per-key mask, chosen per tile; kSoftcap, the logits soft-cap, chosen per item outside the key
+// loop (a soft-cap step inside the loop body, even one never taken, made long prefills without a
+// soft-cap 2-3% slower).
 template <bool kMask_, bool kSoftcap_>
 struct ScoreMods {
   static constexpr bool kMask = kMask_, kSoftcap = kSoftcap_;
 };
-// Calls step(ScoreMods<...>{}) for a tile that needs the mask or not, of a layer soft-capped or not.
-template <class Step>
-__device__ __forceinline__ void with_score_mods(bool masked, bool softcap, Step&& step) {
-  if (softcap) {
-    if (masked) step(ScoreMods<true, true>{});
-    else step(ScoreMods<false, true>{});
-  } else {
-    if (masked) step(ScoreMods<true, false>{});
-    else step(ScoreMods<false, false>{});
-  }
+// Runs loop(std::true_type{}) for a soft-capped layer, loop(std::false_type{}) otherwise.
+template <class Loop>
+__device__ __forceinline__ void with_softcap(const PodParams& p, Loop&& loop) {
+  if (p.softcap_in != 0.f) loop(std::true_type{});
+  else loop(std::false_type{});
 }
-__device__ __forceinline__ bool soft_capped(const PodParams& p) { return p.softcap_in != 0.f; }
+// Runs step(ScoreMods<masked, kSoftcap>{}).
+template <bool kSoftcap, class Step>
+__device__ __forceinline__ void with_mask(bool masked, Step&& step) {
+  if (masked) step(ScoreMods<true, kSoftcap>{});
+  else step(ScoreMods<false, kSoftcap>{});
+}
 
 // Soft-caps (Mods::kSoftcap), masks (Mods::kMask) and folds one tile's raw scores s of m-tile mt
 // into the running max and sum; on return s holds the tile's probabilities, unnormalised (exp2 of

@@ -55,7 +55,6 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   for (int mt = 0; mt < kM; ++mt)
     thread_row_positions(it, kIsDecode ? 0 : Cfg::prefill_row(warp, mt), lane, row_pos[mt]);
   const TileMask needs_mask = tile_mask(it, kKeys, p.window_left);
-  const bool softcap = soft_capped(p);
 
   WarpState<Cfg, kM> st;
   st.init();
@@ -71,35 +70,39 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t)
     if (t == 0 || t < num_tiles) load_tile(t);  // every item has at least one tile
-  for (int t = 0; t < num_tiles; ++t) {
-    const int tile_start = it.kv_start + t * kKeys;
-    const int ahead = t + kStages - 1;
-    // Tile t landed (the newer ones may stay in flight). One barrier per tile makes it visible to
-    // all and shows every thread done with tile t - 1, whose stage tile t + kStages - 1 refills.
-    cp_async_wait_newest<kStages - 2>(num_tiles - 1 - t);
-    if constexpr (kWgmma) fence_proxy_async();
-    team.sync();
-    if (ahead < num_tiles) load_tile(ahead);
-    const int stage = t % kStages;
-    with_score_mods(needs_mask(tile_start), softcap, [&](auto mods) {
-      using Mods = decltype(mods);
-      if constexpr (kIsDecode) {
-        if (warp < Cfg::kDecodeWarps) {
-          const int kw0 = warp * Cfg::kDecodeWarpKeys;
-          warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, sK(stage), sV(stage), 0, kw0,
-                                                          tile_start + kw0, it.kv_end, row_pos, p);
-        }
-      } else if constexpr (kWgmma) {
+  // The key loop, compiled once with the soft-cap and once without (with_softcap).
+  with_softcap(p, [&](auto softcap) {
+    constexpr bool kSoftcap = decltype(softcap)::value;
+    for (int t = 0; t < num_tiles; ++t) {
+      const int tile_start = it.kv_start + t * kKeys;
+      const int ahead = t + kStages - 1;
+      // Tile t landed (the newer ones may stay in flight). One barrier per tile makes it visible to
+      // all and shows every thread done with tile t - 1, whose stage tile t + kStages - 1 refills.
+      cp_async_wait_newest<kStages - 2>(num_tiles - 1 - t);
+      if constexpr (kWgmma) fence_proxy_async();
+      team.sync();
+      if (ahead < num_tiles) load_tile(ahead);
+      const int stage = t % kStages;
+      with_mask<kSoftcap>(needs_mask(tile_start), [&](auto mods) {
+        using Mods = decltype(mods);
+        if constexpr (kIsDecode) {
+          if (warp < Cfg::kDecodeWarps) {
+            const int kw0 = warp * Cfg::kDecodeWarpKeys;
+            warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, sK(stage), sV(stage), 0, kw0,
+                                                            tile_start + kw0, it.kv_end, row_pos, p);
+          }
+        } else if constexpr (kWgmma) {
 #ifdef POD_HOPPER_PREFILL
-        sm90::warpgroup_attend<Cfg, kKeys, Mods>(st, sQ, sK(stage), sV(stage), tile_start, it.kv_end,
-                                                 row_pos, p);
+          sm90::warpgroup_attend<Cfg, kKeys, Mods>(st, sQ, sK(stage), sV(stage), tile_start, it.kv_end,
+                                                   row_pos, p);
 #endif
-      } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
-        warp_attend<Cfg, kM, kKeys, Mods>(st, sQ, sK(stage), sV(stage), Cfg::prefill_row(warp, 0), 0,
-                                          tile_start, it.kv_end, row_pos, p);
-      }
-    });
-  }
+        } else if (Cfg::prefill_row(warp, 0) < used) {  // warps whose rows are all padding skip the math
+          warp_attend<Cfg, kM, kKeys, Mods>(st, sQ, sK(stage), sV(stage), Cfg::prefill_row(warp, 0), 0,
+                                            tile_start, it.kv_end, row_pos, p);
+        }
+      });
+    }
+  });
   team.sync();  // the decode merge reuses the ring's shared memory
 
   const RowSink<Cfg> sink{p, it};

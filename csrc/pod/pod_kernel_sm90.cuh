@@ -106,7 +106,9 @@ __device__ __forceinline__ void run_consumer(const PodParams& p, const typename 
     thread_row_positions(it, Cfg::prefill_row(warp, slice), lane, row_pos[0]);
     WarpState<Cfg, 1> st;
     st.init();
-    consume_item<Cfg>(p, it, ring, pos, slice, st, row_pos);
+    with_softcap(p, [&](auto softcap) {
+      consume_item<Cfg, typename WS::Ring, decltype(softcap)::value>(p, it, ring, pos, slice, st, row_pos);
+    });
     const RowSink<Cfg> sink{p, it};
     store_warp_rows<Cfg>(st, sink, warp, slice, used);
     if (it.slot >= 0) finish_split<Cfg>(p, it, used, sh.merge_scratch, &sh.merge_flag, both);

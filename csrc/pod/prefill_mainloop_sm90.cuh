@@ -90,7 +90,7 @@ __device__ __forceinline__ void wait_full(MBarrier* bar, uint32_t parity) { bar-
 // One consumer warpgroup's part of one item: m64 slice `slice` of the query rows against every K/V
 // tile, into st (its warp w holds rows 64 * slice + 16 * w). Per tile t: issue S_t = Q K_t and
 // O += P_{t-1} V_{t-1}, free K_t once S_t is done, run S_t's softmax while P V runs, then free V_{t-1}.
-template <class Cfg, class Ring>
+template <class Cfg, class Ring, bool kSoftcap>
 __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem& it, const Ring& ring,
                                              RingPositions<Ring>& pos, int slice,
                                              WarpState<Cfg, 1>& st, const int (&row_pos)[1][2]) {
@@ -98,12 +98,11 @@ __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem&
   constexpr int NK = Ring::kKeys;
   const int num_tiles = num_kv_tiles(it, NK);
   const TileMask needs_mask = tile_mask(it, NK, p.window_left);
-  const bool softcap = soft_capped(p);
   float s[NK / 8][4];
   uint32_t pf[NK / 16][4];  // P_{t-1}, the A operand of the P V in flight
   float alpha[2];
   auto softmax = [&](int tile_start) {
-    with_score_mods(needs_mask(tile_start), softcap, [&](auto mods) {
+    with_mask<kSoftcap>(needs_mask(tile_start), [&](auto mods) {
       online_softmax<Cfg, 1, NK, decltype(mods)>(st, 0, s, tile_start, it.kv_end, row_pos[0], p, alpha);
     });
   };
