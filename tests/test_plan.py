@@ -146,8 +146,8 @@ def check_coverage(plan, planner, query_start_loc, seq_lens):
     row, lo, hi = row[seen], lo[seen], hi[seen]
     order = np.lexsort((lo, row))
     row, lo, hi = row[order], lo[order], hi[order]
-    starts = np.r_[True, row[1:] != row[:-1]]
-    ends = np.r_[row[1:] != row[:-1], True]
+    starts, ends = np.ones(len(row), dtype=bool), np.ones(len(row), dtype=bool)
+    starts[1:] = ends[:-1] = row[1:] != row[:-1]
     assert np.array_equal(row[starts], np.arange(len(token_pos) * hq)), "a row sees no key"
     first_key = np.zeros_like(token_pos) if window is None else np.maximum(0, token_pos - window + 1)
     assert (lo[starts] == first_key[row[starts] // hq]).all(), "a row misses its first keys"
