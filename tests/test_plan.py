@@ -36,9 +36,13 @@ def planner_for(b, num_sms=4, ctas_per_sm=2, max_num_tokens=4096, max_num_reqs=6
 
 def execute_plan(b, plan):
     """Runs the items like the kernel: each writes its rows or its split's partial rows; the
-    partials of a merge group are combined by log-sum-exp weights."""
+    partials of a merge group are combined by log-sum-exp weights. With a sliding window W a row
+    at position pos sees the keys pos - W < key <= pos of its item's range: a KV-split may hold
+    none of them (its partial: output 0, log-sum-exp -inf, weight 0 in the merge), an unsplit item
+    or a whole merge group may not."""
     hq, hkv = b.query.shape[1], b.key_cache.shape[2]
     group = hq // hkv
+    window = plan.sliding_window
     out = torch.full(b.query.shape, float("nan"), dtype=torch.float64)
     written = torch.zeros(b.query.shape[:2], dtype=torch.int32)
     partial = {}
@@ -48,25 +52,31 @@ def execute_plan(b, plan):
         seq_len = int(b.seq_lens[it["req"]])
         k = gather_kv(b.key_cache, b.block_table[it["req"]], seq_len)[:, it["kv_head"]].double()
         v = gather_kv(b.value_cache, b.block_table[it["req"]], seq_len)[:, it["kv_head"]].double()
+        heads = it["kv_head"] * group + it["h0"] + torch.arange(it["nh"])
         for t in range(it["n_tok"]):
-            pos = it["q_pos0"] + t
-            keys = torch.arange(it["kv_start"], min(it["kv_end"], pos + 1))
-            assert len(keys) > 0, "a row with no visible key in its range"
+            pos, token = it["q_pos0"] + t, it["q_start"] + t
+            first = it["kv_start"] if window is None else max(it["kv_start"], pos - window + 1)
+            keys = torch.arange(first, max(first, min(it["kv_end"], pos + 1)))
+            if len(keys):
+                s = (b.query[token, heads].double() @ k[keys].T) * b.scale  # [nh, keys]
+                m = s.max(-1, keepdim=True).values
+                w = torch.exp(s - m)
+                o, lse = (w @ v[keys]) / w.sum(-1, keepdim=True), m[:, 0] + torch.log(w.sum(-1))
+            else:
+                assert window is not None and it["slot"] >= 0, "a row with no visible key in its item"
+                o = torch.zeros(it["nh"], k.shape[1], dtype=torch.float64)
+                lse = torch.full((it["nh"],), float("-inf"), dtype=torch.float64)
+            if it["slot"] < 0:
+                out[token, heads] = o
+                written[token, heads] += 1
+                continue
             for h in range(it["nh"]):
                 row = t * it["nh"] + h
-                token, head = it["q_start"] + t, it["kv_head"] * group + it["h0"] + h
-                s = (k[keys] @ b.query[token, head].double()) * b.scale
-                m = s.max()
-                w = torch.exp(s - m)
-                o, lse = (w @ v[keys]) / w.sum(), m + torch.log(w.sum())
-                if it["slot"] < 0:
-                    out[token, head] = o
-                    written[token, head] += 1
-                else:
-                    assert it["slot"] + row not in partial, "two splits share a workspace row"
-                    partial[it["slot"] + row] = (o, lse)
-                    groups.setdefault(it["merge_id"], set()).add(
-                        (it["slot_base"], it["num_splits"], it["n_tok"] * it["nh"], row, token, head))
+                assert it["slot"] + row not in partial, "two splits share a workspace row"
+                partial[it["slot"] + row] = (o[h], lse[h])
+                groups.setdefault(it["merge_id"], set()).add(
+                    (it["slot_base"], it["num_splits"], it["n_tok"] * it["nh"], row, token,
+                     int(heads[h])))
     for members in groups.values():
         meta = {m[:3] for m in members}
         assert len(meta) == 1, "splits of one merge group disagree on their workspace rows"
@@ -74,6 +84,7 @@ def execute_plan(b, plan):
         for _, _, _, row, token, head in members:
             parts = [partial[slot_base + s * rows + row] for s in range(n)]
             lse = torch.stack([p[1] for p in parts])
+            assert torch.isfinite(lse).any(), "a row with no visible key in any split"
             w = torch.softmax(lse, 0)
             out[token, head] = sum(wi * p[0] for wi, p in zip(w, parts))
             written[token, head] += 1
@@ -88,6 +99,12 @@ def check_invariants(b, plan, planner):
     assert (rows[plan.num_prefill_items:] <= DECODE_TILE_ROWS).all()
     assert (items[:, F["kv_start"]] % SPLIT_ALIGN == 0).all()
     assert (items[:, F["kv_start"]] <= items[:, F["q_pos0"]]).all()
+    assert plan.sliding_window == planner.sliding_window
+    if plan.sliding_window is not None:
+        # No key tile before the first row's window; no piece before every row's window.
+        window_start = items[:, F["q_pos0"]] - plan.sliding_window + 1
+        assert (items[:, F["kv_start"]] >= np.maximum(0, window_start) // SPLIT_ALIGN * SPLIT_ALIGN).all()
+        assert (items[:, F["kv_end"]] > window_start).all()
     assert (items[:, F["kv_end"]] <= items[:, F["q_pos0"]] + items[:, F["n_tok"]]).all()
     assert (items[:, F["kv_start"]] < items[:, F["kv_end"]]).all()
     split = items[:, F["slot"]] >= 0
@@ -102,6 +119,40 @@ def check_invariants(b, plan, planner):
     buf = planner.buffer
     assert buf[0] == plan.num_prefill_items and buf[1] == plan.num_decode_items
     assert torch.equal(buf[4:4 + items.size], torch.from_numpy(items.reshape(-1)))
+
+
+def check_coverage(plan, planner, query_start_loc, seq_lens):
+    """Every (token, query head) row of the batch meets each key it sees (pos - W < key <= pos;
+    key <= pos without a window) in exactly one item, at its true position."""
+    it = plan.items.astype(np.int64)
+    qsl, seq = query_start_loc.numpy().astype(np.int64), seq_lens.numpy().astype(np.int64)
+    hq = planner.num_q_heads
+    q_len = np.diff(qsl)
+    token_pos = np.concatenate([np.arange(s - q, s) for q, s in zip(q_len, seq)] + [[]]).astype(np.int64)
+    window = plan.sliding_window
+    # One entry per (item, token, head).
+    rows = it[:, F["n_tok"]] * it[:, F["nh"]]
+    e = np.repeat(np.arange(len(it)), rows)
+    within = np.arange(rows.sum()) - np.repeat(np.cumsum(rows) - rows, rows)
+    t, h = within // it[e, F["nh"]], within % it[e, F["nh"]]
+    token = it[e, F["q_start"]] + t
+    assert (it[e, F["q_pos0"]] + t == token_pos[token]).all(), "an item row at the wrong position"
+    row = token * hq + it[e, F["kv_head"]] * planner.group + it[e, F["h0"]] + h
+    pos = token_pos[token]
+    first = np.zeros_like(pos) if window is None else np.maximum(0, pos - window + 1)
+    lo = np.maximum(it[e, F["kv_start"]], first)
+    hi = np.minimum(it[e, F["kv_end"]], pos + 1)
+    seen = hi > lo
+    row, lo, hi = row[seen], lo[seen], hi[seen]
+    order = np.lexsort((lo, row))
+    row, lo, hi = row[order], lo[order], hi[order]
+    starts, ends = np.ones(len(row), dtype=bool), np.ones(len(row), dtype=bool)
+    starts[1:] = ends[:-1] = row[1:] != row[:-1]
+    assert np.array_equal(row[starts], np.arange(len(token_pos) * hq)), "a row sees no key"
+    first_key = np.zeros_like(token_pos) if window is None else np.maximum(0, token_pos - window + 1)
+    assert (lo[starts] == first_key[row[starts] // hq]).all(), "a row misses its first keys"
+    assert (hi[ends] == token_pos[row[ends] // hq] + 1).all(), "a row misses its last keys"
+    assert (lo[~starts] == hi[np.flatnonzero(~starts) - 1]).all(), "keys missed or met twice"
 
 
 BATCHES = {
@@ -123,10 +174,16 @@ BATCH_HEADS = ([(name, heads) for name in BATCHES for heads in HEADS]
                   for heads in TP_RANK_HEADS])
 
 
+# Sliding windows shorter than a block, than a key tile, than a prefill tile, and longer than some
+# sequences (None: full causal attention).
+WINDOWS = [None, 1, 16, 100, 1000]
+
+
 @pytest.mark.parametrize("name, heads", BATCH_HEADS,
                          ids=[f"{name}-q{hq}-kv{hkv}" for name, (hq, hkv) in BATCH_HEADS])
 @pytest.mark.parametrize("prefill_rows", [64, 128])  # the mma.sync and the Hopper prefill tile
-def test_plan_executes_to_reference(name, heads, prefill_rows):
+@pytest.mark.parametrize("window", WINDOWS, ids=[f"w{w}" for w in WINDOWS])
+def test_plan_executes_to_reference(name, heads, prefill_rows, window):
     decodes, prefills = BATCHES[name]
     b = make_batch([d for d in decodes if d], prefills, num_q_heads=heads[0], num_kv_heads=heads[1],
                    head_dim=16, block_size=16, dtype=torch.float32, seed=len(name))
@@ -134,14 +191,15 @@ def test_plan_executes_to_reference(name, heads, prefill_rows):
         b.query_start_loc = torch.tensor([0, 1, 2, 2, 2], dtype=torch.int32)
         b.seq_lens = torch.tensor([20, 30, 0, 0], dtype=torch.int32)
         b.block_table = torch.cat([b.block_table, torch.zeros_like(b.block_table)])
-    planner = planner_for(b, prefill_rows=prefill_rows)
+    planner = planner_for(b, prefill_rows=prefill_rows, sliding_window=window)
     plan = planner.plan(b.query_start_loc, b.seq_lens, num_decodes=len(decodes))
     check_invariants(b, plan, planner)
+    check_coverage(plan, planner, b.query_start_loc, b.seq_lens)
     out, written = execute_plan(b, plan)
     n_tokens = int(b.query_start_loc[-1])
     assert (written[:n_tokens] == 1).all(), "every (token, head) written exactly once"
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
-                              b.query_start_loc, b.seq_lens, b.scale)
+                              b.query_start_loc, b.seq_lens, b.scale, sliding_window=window)
     torch.testing.assert_close(out[:n_tokens].float(), ref[:n_tokens], atol=1e-5, rtol=1e-5)
 
 
@@ -257,14 +315,16 @@ def random_planner(rng, **options):
                       min_decode_slots=int(rng.integers(0, 2)), **options)
 
 
+@pytest.mark.parametrize("window", WINDOWS, ids=[f"w{w}" for w in WINDOWS])
 @pytest.mark.parametrize("cost_splits", [False, True])
-def test_planner_equals_item_by_item_reference(cost_splits):
+def test_planner_equals_item_by_item_reference(cost_splits, window):
     """The compiled planner writes exactly the plan that the rules give item by item, on random
-    batches and planner shapes (uneven head chunks, split ties, buffers small enough to coarsen)."""
+    batches and planner shapes (uneven head chunks, split ties, buffers small enough to coarsen).
+    Without a window the rules are those of the planner before windows existed."""
     rng = np.random.default_rng(14 + cost_splits)
     compared = 0
     for _ in range(150):
-        planner = random_planner(rng, cost_splits=cost_splits)
+        planner = random_planner(rng, cost_splits=cost_splits, sliding_window=window)
         qsl, seq = random_lengths(rng)
         planner.buffer.fill_(-7)  # poison: every header and item int must be written
         try:
@@ -279,6 +339,90 @@ def test_planner_equals_item_by_item_reference(cost_splits):
         assert planner.buffer[:3].tolist() == [n_prefill, n_decode, slots]
         compared += 1
     assert compared > 100
+
+
+def test_windowed_plans_cover_each_visible_key_once():
+    """With a window, no item's keys start before the key tile of its first row's window start,
+    and every (token, query head) meets each key of its window in exactly one item; on random
+    batches of long contexts, with and without cost splits."""
+    rng = np.random.default_rng(21)
+    split = 0
+    for _ in range(150):
+        window = int(rng.choice([1, 16, 100, 1000, 4096, 32768]))
+        planner = random_planner(rng, cost_splits=bool(rng.integers(2)), sliding_window=window)
+        qsl, seq = random_lengths(rng, long_context=int(rng.choice([20000, 131072])))
+        try:
+            plan = planner.plan(qsl, seq)
+        except ValueError as e:
+            assert "capacity" in str(e)
+            continue
+        check_invariants(None, plan, planner)
+        check_coverage(plan, planner, qsl, seq)
+        split += (plan.items[:, F["num_splits"]] > 1).any()
+    assert split >= 20  # plans with KV-splits (30 of the 150)
+
+
+@pytest.mark.parametrize("window", [300, 1000, 4096])
+def test_long_windowed_decodes_are_split_inside_the_window(window):
+    """Long decodes with a window are cut into pieces of their window's keys only: the pieces of
+    a decode start at the key tile of its window start and each holds keys it sees."""
+    decodes = [100_000, 60_000, 5000, 700]
+    b = make_batch(decodes, [], num_q_heads=8, num_kv_heads=2, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    planner = planner_for(b, sliding_window=window)
+    plan = planner.plan(b.query_start_loc, b.seq_lens)
+    check_invariants(b, plan, planner)
+    it = plan.items
+    for r, seq_len in enumerate(decodes):
+        mine = it[it[:, F["req"]] == r]
+        pos = seq_len - 1
+        window_tile = max(0, pos - window + 1) // SPLIT_ALIGN * SPLIT_ALIGN
+        if seq_len > 2 * window >= 2000:  # few items: split (a 300-key window stays whole)
+            assert (mine[:, F["num_splits"]] > 1).all()
+        for kv_head in range(2):
+            pieces = mine[mine[:, F["kv_head"]] == kv_head]
+            assert pieces[:, F["kv_start"]].min() == window_tile
+            assert pieces[:, F["kv_end"]].max() == seq_len
+            assert (pieces[:, F["kv_end"]] > pos - window + 1).all(), "a piece outside the window"
+            assert (pieces[:, F["kv_end"]] - pieces[:, F["kv_start"]]).sum() == seq_len - window_tile
+    out, written = execute_plan(b, plan)
+    assert (written == 1).all()
+    ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
+                              b.query_start_loc, b.seq_lens, b.scale, sliding_window=window)
+    torch.testing.assert_close(out.float(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_windowed_split_pieces_may_hold_no_key_of_late_rows():
+    """A 128-token prefill tile with a 1000-key window, cut by the cost rule into 128-key pieces:
+    its first pieces lie before its late rows' windows. Those rows get empty partials, weighed 0
+    in the merge, and the plan still executes to the reference and matches the rules."""
+    b = make_batch([], [(279, 1078), (242, 9455)], num_q_heads=1, num_kv_heads=1, head_dim=128,
+                   block_size=16, dtype=torch.float32, seed=4)
+    planner = planner_for(b, num_sms=1, ctas_per_sm=4, prefill_rows=128, cost_splits=True,
+                          split_items_per_slot={"prefill": 0, "decode": 0}, sliding_window=1000)
+    plan = planner.plan(b.query_start_loc, b.seq_lens)
+    check_invariants(b, plan, planner)
+    check_coverage(plan, planner, b.query_start_loc, b.seq_lens)
+    it = plan.items
+    last_pos = it[:, F["q_pos0"]] + it[:, F["n_tok"]] - 1
+    assert ((it[:, F["num_splits"]] > 1) & (it[:, F["kv_end"]] <= last_pos - 1000 + 1)).any()
+    items, *counts = reference_plan(planner, b.query_start_loc, b.seq_lens)
+    np.testing.assert_array_equal(it, items)
+    out, written = execute_plan(b, plan)
+    assert (written == 1).all()
+    ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
+                              b.query_start_loc, b.seq_lens, b.scale, sliding_window=1000)
+    torch.testing.assert_close(out.float(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_window_is_an_option_of_the_planner_and_its_plans():
+    b = make_batch([40], [(8, 50)], num_q_heads=4, num_kv_heads=1, head_dim=16, block_size=16,
+                   dtype=torch.float32)
+    for window in (0, -5):
+        with pytest.raises(ValueError, match="sliding_window"):
+            planner_for(b, sliding_window=window)
+    assert planner_for(b).plan(b.query_start_loc, b.seq_lens).sliding_window is None
+    assert planner_for(b, sliding_window=7).plan(b.query_start_loc, b.seq_lens).sliding_window == 7
 
 
 def item_seconds(planner, plan):
@@ -304,15 +448,19 @@ def estimated_seconds(planner, plan):
     return out
 
 
-def test_cost_splits_bound_every_item_by_the_makespan_target():
+@pytest.mark.parametrize("window", [None, 16384, 32768], ids=lambda w: f"w{w}")
+def test_cost_splits_bound_every_item_by_the_makespan_target(window):
     """With cost_splits no item's estimated time exceeds the target computed from the item-count
-    plan, unless not even a SPLIT_ALIGN-key piece of its tile would fit; and they do cut items."""
+    plan, unless not even a SPLIT_ALIGN-key piece of its tile would fit; and they do cut items
+    (with windows long enough to leave some items far over the others: shorter ones even them
+    out)."""
     rng = np.random.default_rng(7)
     cut = 0
     for _ in range(120):
         shape = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
                      num_sms=int(rng.choice([16, 132])), ctas_per_sm=int(rng.choice([1, 2])),
-                     max_num_reqs=256, max_num_tokens=8192, device="cpu", prefill_rows=128)
+                     max_num_reqs=256, max_num_tokens=8192, device="cpu", prefill_rows=128,
+                     sliding_window=window)
         qsl, seq = random_lengths(rng, max_reqs=256, long_context=int(rng.choice([20000, 131072])))
         count_planner = PodPlanner(**shape)
         base = count_planner.plan(qsl, seq)
@@ -321,6 +469,7 @@ def test_cost_splits_bound_every_item_by_the_makespan_target():
         planner = PodPlanner(**shape, cost_splits=True)
         plan = planner.plan(qsl, seq)
         check_invariants(None, plan, planner)
+        check_coverage(plan, planner, qsl, seq)
         t = item_seconds(planner, plan)
         it = plan.items
         key_s = np.where(np.arange(len(it)) < plan.num_prefill_items,
@@ -334,14 +483,17 @@ def test_cost_splits_bound_every_item_by_the_makespan_target():
     assert cut >= 10
 
 
-def test_cost_splits_cut_a_long_decode_among_many_items():
+@pytest.mark.parametrize("window", [None, 32768], ids=lambda w: f"w{w}")
+def test_cost_splits_cut_a_long_decode_among_many_items(window):
     # 80 decodes of 2K keys and one of 100K: the item-count rule leaves the long decode whole
-    # (enough items), about 2.5 ms against a makespan target of ~0.2 ms.
+    # (enough items), about 2.5 ms (0.8 ms with a 32K window) against a makespan target of
+    # ~0.2 ms.
     q_len, seq = [1] * 81, [2048] * 80 + [100_000]
     qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_len)]), dtype=torch.int32)
     seq = torch.tensor(seq, dtype=torch.int32)
     shape = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, num_sms=132,
-                 ctas_per_sm=2, max_num_reqs=256, max_num_tokens=8192, device="cpu", prefill_rows=128)
+                 ctas_per_sm=2, max_num_reqs=256, max_num_tokens=8192, device="cpu", prefill_rows=128,
+                 sliding_window=window)
     whole = PodPlanner(**shape).plan(qsl, seq)
     assert (whole.items[:, F["num_splits"]] == 1).all()
     planner = PodPlanner(**shape, cost_splits=True)
@@ -349,23 +501,28 @@ def test_cost_splits_cut_a_long_decode_among_many_items():
     long = plan.items[plan.items[:, F["req"]] == 80]
     assert (long[:, F["num_splits"]] > 4).all() and (plan.items[plan.items[:, F["req"]] < 80, F["num_splits"]] == 1).all()
     assert item_seconds(planner, plan).max() < 250e-6
+    check_invariants(None, plan, planner)
+    check_coverage(plan, planner, qsl, seq)
 
 
+@pytest.mark.parametrize("window", [None, 40000], ids=lambda w: f"w{w}")
 @pytest.mark.parametrize("ctas_per_sm", [4, 8])
-def test_cost_split_plans_execute_to_reference(ctas_per_sm):
-    # One long decode holds most of the work: with few items and CTA slots, only it is cut.
+def test_cost_split_plans_execute_to_reference(ctas_per_sm, window):
+    # One long decode holds most of the work (also within a window shorter than it and longer
+    # than the rest): with few items and CTA slots, only it is cut.
     b = make_batch([50_000, 40, 17], [(20, 2600), (5, 700)], num_q_heads=8, num_kv_heads=2,
                    head_dim=16, block_size=16, dtype=torch.float32, seed=3)
     planner = planner_for(b, num_sms=1, ctas_per_sm=ctas_per_sm, cost_splits=True,
-                          split_items_per_slot={"prefill": 0, "decode": 0})
+                          split_items_per_slot={"prefill": 0, "decode": 0}, sliding_window=window)
     plan = planner.plan(b.query_start_loc, b.seq_lens, num_decodes=3)
     assert (plan.items[:, F["num_splits"]] > 1).any()
     check_invariants(b, plan, planner)
+    check_coverage(plan, planner, b.query_start_loc, b.seq_lens)
     out, written = execute_plan(b, plan)
     n_tokens = int(b.query_start_loc[-1])
     assert (written[:n_tokens] == 1).all()
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
-                              b.query_start_loc, b.seq_lens, b.scale)
+                              b.query_start_loc, b.seq_lens, b.scale, sliding_window=window)
     torch.testing.assert_close(out[:n_tokens].float(), ref[:n_tokens], atol=1e-5, rtol=1e-5)
 
 
