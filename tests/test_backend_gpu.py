@@ -364,9 +364,10 @@ def test_features_match_flash_attn(model_dirs, dtype, family):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    # Sinks as models keep them: one float32 logit per query head (gpt-oss's are learned ~N(0, 1)
-    # plus an offset; large enough here to take a visible share of short rows).
-    sinks = torch.randn(num_q_heads, device="cuda") * 2 + 3 if features.get("sinks") else None
+    # One logit per query head, large enough to take a visible share of short rows; bf16, as
+    # gpt-oss keeps them and as FLASH_ATTN's FA3 requires ("only bf16 dtype for S aux").
+    sinks = ((torch.randn(num_q_heads, device="cuda") * 2 + 3).to(torch.bfloat16)
+             if features.get("sinks") else None)
     layer = Layer()
     with set_current_vllm_config(s.config):
         pod_builder, fa_builder = s.builders()
