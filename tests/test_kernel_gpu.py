@@ -107,6 +107,9 @@ def test_features(dtype, head_dim, mix, feature, plan_window):
     if plan_window and "sliding_window" not in features:
         pytest.skip("no window to plan for")
     decodes, prefills = MIXES[mix]
+    if set(features) == {"sliding_window"} and features["sliding_window"] >= max(
+            decodes + [seq_len for _, seq_len in prefills]):
+        pytest.skip("a window longer than every sequence changes nothing")
     seed = hash((str(dtype), head_dim, mix, feature)) % 10_000
     b = make_batch(decodes, prefills, num_q_heads=16, num_kv_heads=4, head_dim=head_dim,
                    block_size=[16, 32, 64][seed % 3], dtype=dtype, device="cuda",
