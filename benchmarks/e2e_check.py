@@ -18,6 +18,7 @@ must show fused hybrid batches. Prints PASS or FAIL with the numbers and writes 
 
     python -m benchmarks.e2e_check --out /tmp/e2e [--family gemma2] [--model-runner v1]
                                    [--tensor-parallel-size 2] [--cudagraph-mode FULL]
+                                   [--speculative-ngram 3]
 
 --family picks the model family, and with it what the attention backend must do beside causal
 masking: sliding windows (shorter than the long prompts, on every layer or interleaved with global
@@ -26,6 +27,9 @@ asks for what.
 
 --cudagraph-mode runs both backends under CUDA graphs of that vLLM mode instead of eagerly (FULL:
 full graphs of mixed batches too, where every POD batch runs the fused kernel).
+
+--speculative-ngram K runs both backends with vLLM's n-gram speculation of K tokens: the short
+requests' decode steps become verify steps of up to 1 + K tokens, beside the long prompts' chunks.
 
 A build with POD_NVCC_FLAGS=-DPOD_PLANT_CAUSAL_SHIFT=1 lets each query row see the next key too
 (csrc/pod/attention_tile.cuh); the check must FAIL on it.
@@ -243,6 +247,9 @@ def run_backend(args) -> None:
               max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=CHUNK_TOKENS, max_num_seqs=64,
               enable_chunked_prefill=True, enable_prefix_caching=False,
               tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=0.5,
+              speculative_config=dict(method="ngram", num_speculative_tokens=args.speculative_ngram,
+                                      prompt_lookup_min=2, prompt_lookup_max=4)
+              if args.speculative_ngram else None,
               # POD is selected the way users select it, by VLLM_ATTENTION_BACKEND=POD.
               attention_config=None if args.backend == "POD" else {"backend": args.backend})
     prompts = [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests]
@@ -320,7 +327,8 @@ def serve(backend: str, args, model_dir: Path, requests_path: Path, alone: bool)
     cmd = [sys.executable, "-m", "benchmarks.e2e_check", "--backend", backend, "--model",
            str(model_dir), "--requests", str(requests_path), "--result", str(result),
            "--tensor-parallel-size", str(args.tensor_parallel_size), "--out", str(out),
-           "--cudagraph-mode", args.cudagraph_mode]
+           "--cudagraph-mode", args.cudagraph_mode,
+           "--speculative-ngram", str(args.speculative_ngram)]
     with log.open("w") as f:
         rc = subprocess.run(cmd + (["--alone"] if alone else []), env=env, stdout=f,
                             stderr=subprocess.STDOUT, timeout=args.timeout).returncode
@@ -346,6 +354,9 @@ def main() -> int:
                          "choice (V2 for dense models on vLLM 0.26)")
     ap.add_argument("--cudagraph-mode", default="NONE",
                     help="vLLM's cudagraph_mode for both backends (NONE: eager)")
+    ap.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
+                    help="both backends speculate K tokens by n-gram lookup, so the short "
+                         "requests' decode steps become verify steps of up to 1 + K tokens")
     ap.add_argument("--long", type=int, default=6, help="long prompts")
     ap.add_argument("--short", type=int, default=8, help="short prompts")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per backend's run")
@@ -381,6 +392,7 @@ def main() -> int:
         tolerance=dict(multiple=TOLERANCE_MULTIPLE, floor=FLOOR),
         pod_fused_batches=pod_facts["fused_batches"], model_runner=pod_facts["model_runner"],
         tensor_parallel_size=args.tensor_parallel_size, cudagraph_mode=args.cudagraph_mode,
+        speculative_ngram=args.speculative_ngram,
         requests=dict(long=args.long, short=args.short,
                       prompt_tokens=sum(len(r["prompt_token_ids"]) for r in requests)),
         chunk_tokens=CHUNK_TOKENS, model=family.config | dict(

@@ -287,12 +287,16 @@ def test_selection_refuses_without_the_extension(monkeypatch, model_dir):
     assert "`CUDA_HOME=/usr/local/cuda pip install --no-build-isolation -e .`" in message
 
 
-def _with_speculative_decoding(config):
+def _with_speculative_decoding(config, method="ngram", async_scheduling=False):
+    """config with speculative decoding set after it was built, as vLLM resolves it: n-gram
+    speculation turns asynchronous scheduling off; a drafting model's may keep it on."""
     from vllm.config import ParallelConfig, SpeculativeConfig
 
     config.speculative_config = SpeculativeConfig(
         method="ngram", num_speculative_tokens=2, prompt_lookup_min=1, prompt_lookup_max=3,
         target_model_config=config.model_config, target_parallel_config=ParallelConfig())
+    config.speculative_config.method = method  # a drafting model's config needs its checkpoint
+    config.scheduler_config.async_scheduling = async_scheduling
     return config
 
 
@@ -311,13 +315,17 @@ def _chunked_local(model_dir):
 
 @pytest.mark.usefixtures("extension_loads")
 @pytest.mark.parametrize("config_with, reason", [
-    (lambda d: _with_speculative_decoding(make_config(d, backend="CUSTOM")),
-     "POD attention does not support speculative decoding"),
+    (lambda d: _with_speculative_decoding(make_config(d, backend="CUSTOM"), "eagle3"),
+     "POD attention supports n-gram speculative decoding only, not eagle3"),
+    (lambda d: _with_speculative_decoding(make_config(d, backend="CUSTOM"), "ngram", True),
+     "asynchronous scheduling with speculative decoding only estimates: serve with "
+     "--no-async-scheduling"),
     (lambda d: _with_dual_batch_overlap(make_config(d, backend="CUSTOM")),
      "POD attention does not support dual-batch overlap or micro-batching"),
     (_chunked_local,
      "POD attention does not support chunked local attention (attention_chunk_size=1024"),
-], ids=["speculative-decoding", "dual-batch-overlap", "chunked-local-attention"])
+], ids=["drafting-model", "async-speculative-decoding", "dual-batch-overlap",
+        "chunked-local-attention"])
 def test_selection_refuses_unsupported_features(model_dir, config_with, reason):
     assert select(make_config(model_dir, backend="CUSTOM")) is PodAttentionBackend
     with pytest.raises(ValueError, match=r"Selected backend .* is not valid") as refused:
@@ -340,8 +348,17 @@ def test_selection_logs_that_pod_serves(monkeypatch, model_dir, extension_loads)
                      "CUDA graphs of mixed batches)"]
     lines.clear()
     with pytest.raises(ValueError):
-        select(_with_speculative_decoding(make_config(model_dir, backend="CUSTOM")))
+        select(_with_speculative_decoding(make_config(model_dir, backend="CUSTOM"), "eagle3"))
     assert lines == []  # a refused selection does not claim POD
+
+
+@pytest.mark.usefixtures("extension_loads")
+def test_selection_accepts_ngram_speculation(monkeypatch, model_dir):
+    config = _with_speculative_decoding(make_config(model_dir, backend="CUSTOM"))
+    assert select(config) is PodAttentionBackend
+    # Verify steps stay behind the one-token decodes (test_builder_batches plans them).
+    with set_current_vllm_config(config):
+        assert make_builder(monkeypatch, config).reorder_batch_threshold == 1
 
 
 # -- metadata builder --------------------------------------------------------------------------
@@ -438,6 +455,12 @@ CASES = {
     # CUDA-graph padding: rows of query length 0 and seq_len 0 after the real requests.
     "padded_decode_graph": ([1, 1, 1, 0, 0], [3, 4, 5, 0, 0], 5, (5, 0, 5, 0), False),
     "padded_mixed": ([1, 1, 12, 0, 0], [8, 9, 12, 0, 0], 16, (2, 3, 2, 14), True),
+    # n-gram speculation: verify steps (1 + drafted tokens) come after the one-token decodes, as
+    # prefills by vLLM's order, beside them or beside prefill chunks.
+    "verify_steps_only": ([3, 3, 2], [40, 900, 17], None, (0, 3, 0, 8), False),
+    "verify_steps_with_decodes": ([1, 1, 3, 3, 2], [30, 700, 41, 2000, 18], None,
+                                  (2, 3, 2, 8), True),
+    "verify_steps_with_chunk": ([1, 3, 3, 256], [64, 100, 4000, 1300], None, (1, 3, 1, 262), True),
 }
 
 
@@ -462,7 +485,11 @@ def test_builder_batches(builder, monkeypatch, name):
         (qsl, seq, num_decodes), = seen
         assert qsl.tolist() == [sum(query_lens[:i]) for i in range(len(query_lens) + 1)]
         assert seq.tolist() == seq_lens and num_decodes == split[0]
-        assert md.plan.num_prefill_items > 0 and md.plan.num_decode_items > 0
+        # Tiles by rows: a query whose GQA rows fit 16 takes a decode tile (the verify steps
+        # of 2-4 tokens at 4 query heads per KV head), longer ones prefill tiles.
+        rows = [q * (NUM_Q_HEADS // NUM_KV_HEADS) for q in query_lens if q]
+        assert md.plan.num_decode_items > 0
+        assert (md.plan.num_prefill_items > 0) == any(r > 16 for r in rows)
         check_coverage(md.plan, query_lens, seq_lens)
     else:
         assert not seen

@@ -171,10 +171,19 @@ def _full_graphs_hold_mixed_batches(vllm_config: VllmConfig) -> bool:
 def _unsupported_features(vllm_config: VllmConfig) -> list[str]:
     """Serving features outside the selector's fields that POD refuses, each with its reason."""
     reasons = []
-    if vllm_config.speculative_config is not None:
-        # Verify steps are multi-token queries planned from CPU lengths that async scheduling
-        # only estimates; the planner has no tiles for them.
-        reasons.append("POD attention does not support speculative decoding yet")
+    speculative = vllm_config.speculative_config
+    if speculative is not None:
+        # Verify steps are short multi-token queries of the target model: planned as vLLM orders
+        # them (past the one-token decodes, as prefills), exact only with the host's lengths
+        # exact. Asynchronous scheduling makes them guesses, and drafting models run attention
+        # steps of their own.
+        if speculative.method != "ngram":
+            reasons.append(f"POD attention supports n-gram speculative decoding only, not "
+                           f"{speculative.method}")
+        elif vllm_config.scheduler_config.async_scheduling:
+            reasons.append("POD attention plans each step from the host's sequence lengths, which "
+                           "asynchronous scheduling with speculative decoding only estimates: "
+                           "serve with --no-async-scheduling")
     if vllm_config.parallel_config.use_ubatching:
         reasons.append("POD attention does not support dual-batch overlap or micro-batching "
                        "(--enable-dbo, --ubatch-size): every plan lives in one device buffer, "

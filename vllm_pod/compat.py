@@ -117,8 +117,8 @@ def kv_cache_stride_order(include_num_layers_dimension: bool) -> tuple[int, ...]
 
 def seq_lens_cpu(common_attn_metadata) -> "torch.Tensor":
     """Host copy of the batch's sequence lengths, without a device->host sync. Both model runners
-    of 0.26 and 0.33 provide it; it is exact except for async speculative decoding, which backend
-    selection refuses."""
+    of 0.26 and 0.33 provide it; it is exact except under asynchronous scheduling with speculative
+    decoding, which backend selection refuses."""
     seq_lens = common_attn_metadata.seq_lens_cpu_upper_bound
     if seq_lens is None:
         raise RuntimeError("POD attention plans from CommonAttentionMetadata."
