@@ -152,6 +152,18 @@ def common_metadata(s: Setup, query_lens, seq_lens, table, num_tokens=None, buff
     return cm, buffers
 
 
+def assert_equals_flash_attn(pod, fa, layer, query, kv_cache, pod_md, fa_md, dtype, describe,
+                             key=None, value=None):
+    """POD's impl and FLASH_ATTN's on the same inputs, outputs poisoned with NaN first."""
+    out_pod = torch.full_like(query, float("nan"))
+    pod.forward(layer, query, key, value, kv_cache, pod_md, out_pod)
+    out_fa = torch.full_like(query, float("nan"))
+    fa.forward(layer, query, key, value, kv_cache, fa_md, out_fa)
+    torch.cuda.synchronize()
+    assert not out_pod.isnan().any(), "POD left output rows unwritten"
+    torch.testing.assert_close(out_pod, out_fa, **TOL[dtype], msg=lambda m: f"{describe}: {m}")
+
+
 def random_hybrid_batch(rng: random.Random, block_size: int):
     """Decodes first, then chunked prefills (with and without prefixes); lengths at and around
     block boundaries included."""
@@ -197,19 +209,11 @@ def test_hybrid_batches_match_flash_attn(model_dirs, dtype, num_q_heads, num_kv_
             pod_md = pod_builder.build(0, cm)
             assert pod_md.plan is not None, "a hybrid batch must take the fused path"
             pod.do_kv_cache_update(layer, key, value, kv_cache, cm.slot_mapping)
-            out_pod = torch.full_like(query, float("nan"))
             fused_before = POD_STATS["fused_calls"]
-            pod.forward(layer, query, key, value, kv_cache, pod_md, out_pod)
+            assert_equals_flash_attn(
+                pod, fa, layer, query, kv_cache, pod_md, fa_builder.build(0, cm), dtype,
+                f"seed {seed}, query_lens {query_lens}, seq_lens {seq_lens}", key, value)
             assert POD_STATS["fused_calls"] == fused_before + 1
-
-            out_fa = torch.full_like(query, float("nan"))
-            fa.forward(layer, query, key, value, kv_cache, fa_builder.build(0, cm), out_fa)
-            torch.cuda.synchronize()
-
-            assert not out_pod.isnan().any(), "POD left output rows unwritten"
-            torch.testing.assert_close(
-                out_pod, out_fa, **TOL[dtype],
-                msg=lambda m: f"seed {seed}, query_lens {query_lens}, seq_lens {seq_lens}: {m}")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -396,12 +400,6 @@ def test_features_match_flash_attn(model_dirs, dtype, family):
             query = torch.randn(n, num_q_heads, head_dim, dtype=dtype, device="cuda") * 3
             pod_md = pod_builder.build(0, cm)
             assert (pod_md.plan is not None) == (step < 3)
-            out_pod = torch.full_like(query, float("nan"))
-            pod.forward(layer, query, None, None, kv_cache, pod_md, out_pod)
-            out_fa = torch.full_like(query, float("nan"))
-            fa.forward(layer, query, None, None, kv_cache, fa_builder.build(0, cm), out_fa)
-            torch.cuda.synchronize()
-            assert not out_pod.isnan().any(), "POD left output rows unwritten"
-            torch.testing.assert_close(
-                out_pod, out_fa, **TOL[dtype],
-                msg=lambda m: f"seed {seed}, query_lens {query_lens}, seq_lens {seq_lens}: {m}")
+            assert_equals_flash_attn(
+                pod, fa, layer, query, kv_cache, pod_md, fa_builder.build(0, cm), dtype,
+                f"seed {seed}, query_lens {query_lens}, seq_lens {seq_lens}")
