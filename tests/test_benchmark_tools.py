@@ -1,7 +1,8 @@
 """CPU checks of the kernel-level benchmark tools' own logic (their timings run on the GPU)."""
 
 from benchmarks.kernel.attention_share import layer_gemm_shapes
-from benchmarks.kernel.bench import grid, parse_planner, planner_kwargs, wide_batch, wide_batches
+from benchmarks.kernel.bench import (feature_batches, grid, parse_planner, planner_kwargs, wide_batch,
+                                     wide_batches)
 
 
 def test_llama_layer_gemms_follow_the_model_config():
@@ -30,6 +31,21 @@ def test_wide_table_covers_the_shapes_the_grid_holds_fixed():
     assert any(max(c for c, _ in b.prefills) >= 2048 for b in long_ctx), "128K decodes beside a long prefill"
     # Each batch fits its planner's buffers (new_planner sizes them by the batch).
     assert all(b.num_tokens == len(b.decodes) + sum(c for c, _ in b.prefills) for b in batches)
+
+
+def test_feature_table_holds_each_family_layer_in_both_regimes():
+    batches = feature_batches()
+    names = [b.columns["batch"] for b in batches]
+    assert len(set(names)) == len(names) == 12
+    features = [b.features for b in batches]
+    assert dict(sliding_window=4096, logits_soft_cap=50.0) in features  # Gemma 2's local layers
+    assert dict(sliding_window=128, sinks=True) in features              # gpt-oss's local layers
+    assert {64, 128, 256} == {b.shape["head_dim"] for b in batches}
+    assert all(b.prefills and b.decodes for b in batches), "every batch is hybrid"
+    # Each window is shorter than the prefill's context, so that it cuts key ranges.
+    windowed = [b for b in batches if "sliding_window" in b.features]
+    assert all(b.features["sliding_window"] < c + p for b in windowed for c, p in b.prefills)
+    assert all(b.columns["features"] for b in batches)
 
 
 def test_grid_keeps_its_axes_as_columns():

@@ -22,10 +22,13 @@ Two batch lists:
   decodes of 2048/8192 tokens;
 - the wide table (--wide): several prefill chunks in one batch, decode contexts up to 128K beside
   a long prefill, GQA ratios 1/4/7/8, head dims 64 and 256, KV blocks 32 and 64, and the per-rank
-  shapes of Llama-3-70B under tensor parallelism 2 and 4.
+  shapes of Llama-3-70B under tensor parallelism 2 and 4;
+- the feature table (--features): the attention layers of the families that need a sliding window,
+  a logits soft-cap or attention sinks, at their shapes, with FA3 given the same features.
 
     python -m benchmarks.kernel.bench --out benchmarks/results/kernel_h200.csv
     python -m benchmarks.kernel.bench --wide --out benchmarks/results/kernel_wide_h200.csv
+    python -m benchmarks.kernel.bench --features --out benchmarks/results/kernel_features_h200.csv
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class HybridBatch:
     decodes: list[int]
     shape: dict = field(default_factory=lambda: dict(SHAPE))
     columns: dict = field(default_factory=dict)
+    # The layer's attention features: sliding_window, logits_soft_cap, sinks (True: random ones).
+    features: dict = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:
@@ -85,6 +90,16 @@ class HybridBatch:
         return make_batch(self.decodes, [(c, p + c) for c, p in self.prefills], device=device, seed=seed,
                           **self.shape)
 
+    def op_features(self) -> dict:
+        """The op's options for this batch: sinks become one bf16 logit per query head (what FA3
+        takes), drawn the same for every call."""
+        options = dict(self.features)
+        if options.pop("sinks", False):
+            gen = torch.Generator(device="cuda").manual_seed(0)
+            options["sinks"] = (torch.randn(self.shape["num_q_heads"], generator=gen, device="cuda")
+                                + 2).to(torch.bfloat16)
+        return options
+
 
 def grid_batch(chunk, prefix, n_dec, dec_ctx) -> HybridBatch:
     return HybridBatch([(chunk, prefix)] if chunk else [], [dec_ctx] * n_dec,
@@ -95,14 +110,17 @@ def grid(stride: int = 1) -> list[HybridBatch]:
     return [grid_batch(*cfg) for cfg in itertools.product(CHUNKS, PREFIXES, NUM_DECODES, DECODE_CTX)][::stride]
 
 
-def wide_batch(name, prefills, decodes, num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16):
-    """A batch of the wide table; decodes as (count, context) pairs."""
+def wide_batch(name, prefills, decodes, num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
+               features=None):
+    """A batch of the wide or the feature table; decodes as (count, context) pairs."""
     shape = dict(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                  block_size=block_size, dtype=torch.bfloat16)
+    features = features or {}
     return HybridBatch(list(prefills), [ctx for n, ctx in decodes for _ in range(n)], shape, dict(
         batch=name, q_heads=num_q_heads, kv_heads=num_kv_heads, head_dim=head_dim, block_size=block_size,
         prefills=" ".join(f"{c}@{p}" for c, p in prefills),
-        decodes=" ".join(f"{n}x{ctx}" for n, ctx in decodes)))
+        decodes=" ".join(f"{n}x{ctx}" for n, ctx in decodes),
+        features=" ".join(f"{k}={v}" for k, v in features.items())), features)
 
 
 # One long prefill with few decodes (where POD's prefill tile decides) and a balanced batch (where
@@ -138,6 +156,29 @@ def wide_batches() -> list[HybridBatch]:
     return batches
 
 
+# The attention layers of the families that need the features (per-GPU shapes of the real models).
+FAMILY_LAYERS = [
+    ("Mistral-7B-v0.1 (window 4096)", dict(num_q_heads=32, num_kv_heads=8, head_dim=128),
+     dict(sliding_window=4096)),
+    ("Gemma-2-9B local (window 4096, soft-cap 50)", dict(num_q_heads=16, num_kv_heads=8, head_dim=256),
+     dict(sliding_window=4096, logits_soft_cap=50.0)),
+    ("Gemma-2-9B global (soft-cap 50)", dict(num_q_heads=16, num_kv_heads=8, head_dim=256),
+     dict(logits_soft_cap=50.0)),
+    ("Gemma-3-27B local (window 1024)", dict(num_q_heads=32, num_kv_heads=16, head_dim=128),
+     dict(sliding_window=1024)),
+    ("gpt-oss-120b local (window 128, sinks)", dict(num_q_heads=64, num_kv_heads=8, head_dim=64),
+     dict(sliding_window=128, sinks=True)),
+    ("gpt-oss-120b global (sinks)", dict(num_q_heads=64, num_kv_heads=8, head_dim=64),
+     dict(sinks=True)),
+]
+
+
+def feature_batches() -> list[HybridBatch]:
+    return [wide_batch(f"{name}, {kind}", **batch, **shape, features=features)
+            for name, shape, features in FAMILY_LAYERS
+            for kind, batch in (("prefill-heavy", PREFILL_HEAVY), ("balanced", BALANCED))]
+
+
 def time_graph(fn, iters: int) -> float:
     """Median microseconds of one replay of a CUDA graph that captured fn()."""
     fn()  # warm-up outside capture (module load, FA3's first-call setup)
@@ -160,7 +201,7 @@ def time_graph(fn, iters: int) -> float:
 class FA3:
     """vLLM's FA3 call as its FLASH_ATTN backend makes it (AOT scheduler metadata, paged KV)."""
 
-    def __init__(self, b: Batch):
+    def __init__(self, b: Batch, sliding_window=None, logits_soft_cap=None, sinks=None):
         from vllm.vllm_flash_attn import flash_attn_varlen_func, get_scheduler_metadata
         self.fn = flash_attn_varlen_func
         self.q = b.query
@@ -172,16 +213,21 @@ class FA3:
         q_lens = self.cu_q[1:] - self.cu_q[:-1]
         self.max_q, self.max_k = int(q_lens.max()), int(self.seqused_k.max())
         self.scale = b.scale
+        # As FLASH_ATTN's impl passes the layer's features.
+        self.window = (sliding_window - 1, 0) if sliding_window else (-1, -1)
+        self.softcap, self.sinks = logits_soft_cap or 0.0, sinks
         self.meta = get_scheduler_metadata(
             batch_size=len(self.seqused_k), max_seqlen_q=self.max_q, max_seqlen_k=self.max_k,
             num_heads_q=b.query.shape[1], num_heads_kv=b.key_cache.shape[2],
             headdim=b.query.shape[2], cache_seqlens=self.seqused_k, qkv_dtype=b.query.dtype,
-            cu_seqlens_q=self.cu_q, page_size=b.key_cache.shape[1], causal=True)
+            cu_seqlens_q=self.cu_q, page_size=b.key_cache.shape[1], causal=True,
+            window_size=self.window, has_softcap=self.softcap > 0)
 
     def __call__(self):
         self.fn(q=self.q, k=self.k, v=self.v, out=self.out, cu_seqlens_q=self.cu_q,
                 max_seqlen_q=self.max_q, seqused_k=self.seqused_k, max_seqlen_k=self.max_k,
                 softmax_scale=self.scale, causal=True, block_table=self.block_table,
+                window_size=self.window, softcap=self.softcap, s_aux=self.sinks,
                 scheduler_metadata=self.meta, fa_version=3)
         return self.out
 
@@ -198,9 +244,11 @@ def write_csv(path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def pod_call(b, plan, out):
-    """POD's op on batch b under plan, into out: a callable to time or capture."""
-    return lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale)
+def pod_call(b, plan, out, **features):
+    """POD's op on batch b under plan, into out (features: the op's options): a callable to time
+    or capture."""
+    return lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale,
+                                 **features)
 
 
 def max_abs_diff(a, b) -> float:
@@ -213,13 +261,14 @@ def bench_batch(spec: HybridBatch, planner_options: dict, iters: int) -> dict:
     n_dec, n_reqs = len(spec.decodes), len(spec.decodes) + len(spec.prefills)
     parts = {"": b, "_prefill": sub_batch(b, slice(n_dec, n_reqs)), "_decode": sub_batch(b, slice(0, n_dec))}
     t, plans, err = {}, {}, 0.0
+    features = spec.op_features()
     for suffix, part in parts.items():
         # Each part gets its own planner: a plan lives in its planner's buffers, which a CUDA
         # graph captures by address.
         plans[suffix] = plan_batch(new_planner(spec, **planner_options), part)
         out = torch.full_like(part.query, float("nan"))
-        run_pod = pod_call(part, plans[suffix], out)
-        fa3 = FA3(part)
+        run_pod = pod_call(part, plans[suffix], out, **features)
+        fa3 = FA3(part, **features)
         run_pod()
         diff = max_abs_diff(out, fa3())
         if not diff < 3e-2:
@@ -247,17 +296,20 @@ def bench_batch(spec: HybridBatch, planner_options: dict, iters: int) -> dict:
 
 def new_planner(spec: HybridBatch | None = None, **options) -> PodPlanner:
     """A planner for the batch's shape (SHAPE by default) on the current GPU, as the backend makes one."""
-    shape, tokens, reqs = SHAPE, 0, 0
+    shape, tokens, reqs, window = SHAPE, 0, 0, None
     if spec is not None:
         shape, tokens, reqs = spec.shape, spec.num_tokens, len(spec.decodes) + len(spec.prefills)
-    return device_planner(**shape, max_num_reqs=max(256, reqs), max_num_tokens=max(4096, tokens), **options)
+        window = spec.features.get("sliding_window")
+    return device_planner(**shape, max_num_reqs=max(256, reqs), max_num_tokens=max(4096, tokens),
+                          sliding_window=window, **options)
 
 
 def pod_times(spec: HybridBatch, planner_options: list[dict], iters: int) -> list[float]:
     """POD's time alone under each planner (tuning: no vLLM needed; correctness is the tests' job)."""
     b = spec.make()
     out = torch.full_like(b.query, float("nan"))
-    return [time_graph(pod_call(b, plan_batch(new_planner(spec, **options), b), out), iters)
+    features = spec.op_features()
+    return [time_graph(pod_call(b, plan_batch(new_planner(spec, **options), b), out, **features), iters)
             for options in planner_options]
 
 
@@ -291,13 +343,18 @@ def summarize(rows: list[dict]) -> dict:
 def batches_from_args(args) -> list[HybridBatch]:
     if args.only:
         return [grid_batch(*(int(x) for x in args.only.split(",")))]
+    if args.features:
+        return feature_batches()[::args.stride]
     return (wide_batches() if args.wide else grid())[::args.stride]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="CSV path; a .json summary is written beside it (default: print only)")
-    ap.add_argument("--wide", action="store_true", help="the wide table instead of the grid")
+    tables = ap.add_mutually_exclusive_group()
+    tables.add_argument("--wide", action="store_true", help="the wide table instead of the grid")
+    tables.add_argument("--features", action="store_true",
+                        help="the feature table (sliding window, soft-cap, sinks) instead of the grid")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--stride", type=int, default=1, help="time every STRIDE-th batch only")
     ap.add_argument("--pod-only", action="store_true", help="time POD alone and print; no FA3, no files")
@@ -332,8 +389,9 @@ def main():
               flush=True)
     planner = new_planner(**planner_options[0])
     summary = dict(gpu=torch.cuda.get_device_properties(0).name, date=time.strftime("%Y-%m-%d"),
-                   torch=torch.__version__, batches="wide" if args.wide else "grid",
-                   shape=None if args.wide else {k: str(v) for k, v in SHAPE.items()},
+                   torch=torch.__version__,
+                   batches="wide" if args.wide else "features" if args.features else "grid",
+                   shape=None if args.wide or args.features else {k: str(v) for k, v in SHAPE.items()},
                    ctas_per_sm=planner.ctas_per_sm, prefill_tile_rows=planner.prefill_rows,
                    split_targets=planner.split_targets, min_decode_slots=planner.min_decode_slots,
                    **summarize(rows))
