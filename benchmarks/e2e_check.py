@@ -150,6 +150,10 @@ FLOOR = dict(max=0.05, mean=0.01)
 
 # Hybrid batches only: under full graphs of mixed batches POD fuses single-phase batches too.
 FUSED_LINE = re.compile(r"POD fused batch: [1-9]\d* decodes, [1-9]\d* prefills")
+# Hybrid batches whose longest query has 2 to 8 tokens: verify steps of n-gram speculation beside
+# one-token decodes, with no prompt chunk.
+FUSED_VERIFY_LINE = re.compile(
+    r"POD fused batch: [1-9]\d* decodes, [1-9]\d* prefills \(\d+ tokens, longest [2-8]\)")
 V2_RUNNER_LINE = "Using V2 Model Runner"  # vLLM 0.26 logs this when it picks model runner V2
 
 
@@ -292,8 +296,10 @@ def _nan_max(values: list[float]) -> float:
     return math.nan if any(math.isnan(v) for v in values) else max(values, default=0.0)
 
 
-def judge(pod_vs_fa: dict, fa_vs_fa: dict, fused_batches: int) -> list[str]:
-    """Why the check fails (empty: it passes)."""
+def judge(pod_vs_fa: dict, fa_vs_fa: dict, fused_batches: int,
+          fused_verify_batches: int | None = None) -> list[str]:
+    """Why the check fails (empty: it passes). fused_verify_batches: under speculation, the fused
+    batches of verify steps POD's log shows (None: no speculation)."""
     failures = []
     for tokens in ("prompt", "decode"):
         for stat in ("max", "mean"):
@@ -305,13 +311,17 @@ def judge(pod_vs_fa: dict, fa_vs_fa: dict, fused_batches: int) -> list[str]:
                                 f"{fa_vs_fa[tokens][stat]:.5f} + {FLOOR[stat]:g})")
     if fused_batches == 0:
         failures.append("POD's log shows no fused hybrid batch")
+    if fused_verify_batches == 0:
+        failures.append("POD's log shows no fused batch of verify steps beside decodes")
     return failures
 
 
 def log_facts(log_text: str) -> dict:
-    """What a vLLM log proves: fused hybrid batches (counted over all tensor-parallel ranks, each
-    logs its own) and the model runner vLLM picked."""
+    """What a vLLM log proves: fused hybrid batches and, among them, those of verify steps
+    (counted over all tensor-parallel ranks, each logs its own), and the model runner vLLM
+    picked."""
     return dict(fused_batches=len(FUSED_LINE.findall(log_text)),
+                fused_verify_batches=len(FUSED_VERIFY_LINE.findall(log_text)),
                 model_runner="v2" if V2_RUNNER_LINE in log_text else "v1")
 
 
@@ -336,8 +346,9 @@ def serve(backend: str, args, model_dir: Path, requests_path: Path, alone: bool)
         tail = log.read_text(errors="replace").splitlines()[-30:]
         raise SystemExit(f"{backend} run failed (exit {rc}); end of {log}:\n" + "\n".join(tail))
     facts = log_facts(log.read_text(errors="replace"))
-    print(f"{backend}: answered; {facts['fused_batches']} fused hybrid batches logged, model "
-          f"runner {facts['model_runner']}", flush=True)
+    print(f"{backend}: answered; {facts['fused_batches']} fused hybrid batches logged "
+          f"({facts['fused_verify_batches']} of verify steps beside decodes), model runner "
+          f"{facts['model_runner']}", flush=True)
     return json.loads(result.read_text()), facts
 
 
@@ -383,7 +394,8 @@ def main() -> int:
     pod, pod_facts = serve("POD", args, model_dir, requests_path, alone=False)
     fa_vs_fa = logprob_diff(fa["together"], fa["alone"])
     pod_vs_fa = logprob_diff(pod["together"], fa["together"])
-    failures = judge(pod_vs_fa, fa_vs_fa, pod_facts["fused_batches"])
+    failures = judge(pod_vs_fa, fa_vs_fa, pod_facts["fused_batches"],
+                     pod_facts["fused_verify_batches"] if args.speculative_ngram else None)
     family = FAMILIES[args.family]
     summary = dict(
         passed=not failures, failures=failures, family=args.family,
@@ -393,6 +405,7 @@ def main() -> int:
         pod_fused_batches=pod_facts["fused_batches"], model_runner=pod_facts["model_runner"],
         tensor_parallel_size=args.tensor_parallel_size, cudagraph_mode=args.cudagraph_mode,
         speculative_ngram=args.speculative_ngram,
+        pod_fused_verify_batches=pod_facts["fused_verify_batches"],
         requests=dict(long=args.long, short=args.short,
                       prompt_tokens=sum(len(r["prompt_token_ids"]) for r in requests)),
         chunk_tokens=CHUNK_TOKENS, model=family.config | dict(

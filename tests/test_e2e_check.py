@@ -363,14 +363,27 @@ def test_criterion_tells_rounding_from_the_planted_causal_shift(checkpoint):
 
 
 def test_log_facts_count_fused_batches_and_name_the_model_runner():
-    v2 = ("(Worker_TP0 pid=1) INFO [gpu_worker.py:378] Using V2 Model Runner\n"
-          "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n"
-          "(Worker_TP1 pid=2) DEBUG [backend.py:196] POD fused batch: 1 decodes, 12 prefills\n"
-          "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 0 decodes, 2 prefills\n"
-          "(Worker_TP0 pid=1) DEBUG [backend.py:196] POD fused batch: 16 decodes, 0 prefills\n")
-    assert log_facts(v2) == dict(fused_batches=2, model_runner="v2")
-    assert log_facts("(EngineCore pid=3) INFO Loading model\n") == dict(fused_batches=0,
-                                                                        model_runner="v1")
+    line = "DEBUG [backend.py:305] POD fused batch: {} decodes, {} prefills ({} tokens, longest {})"
+    v2 = "\n".join(["(Worker_TP0 pid=1) INFO [gpu_worker.py:378] Using V2 Model Runner",
+                    "(Worker_TP0 pid=1) " + line.format(1, 12, 3000, 512),
+                    "(Worker_TP1 pid=2) " + line.format(1, 12, 3000, 512),
+                    "(Worker_TP0 pid=1) " + line.format(0, 2, 8, 4),  # not hybrid
+                    "(Worker_TP0 pid=1) " + line.format(16, 0, 0, 1),  # not hybrid
+                    # verify steps (up to 1 + 7 tokens) beside decodes, and beside a chunk
+                    "(Worker_TP0 pid=1) " + line.format(5, 3, 10, 4),
+                    "(Worker_TP0 pid=1) " + line.format(5, 3, 18, 8),
+                    "(Worker_TP0 pid=1) " + line.format(5, 3, 300, 290)])
+    assert log_facts(v2) == dict(fused_batches=5, fused_verify_batches=2, model_runner="v2")
+    assert log_facts("(EngineCore pid=3) INFO Loading model\n") == dict(
+        fused_batches=0, fused_verify_batches=0, model_runner="v1")
+
+
+def test_speculation_needs_fused_verify_steps():
+    same = dict(prompt=dict(max=0.0, mean=0.0), decode=dict(max=0.0, mean=0.0))
+    assert judge(same, same, fused_batches=3) == []
+    assert judge(same, same, fused_batches=3, fused_verify_batches=1) == []
+    assert judge(same, same, fused_batches=3, fused_verify_batches=0) == [
+        "POD's log shows no fused batch of verify steps beside decodes"]
 
 
 @pytest.mark.parametrize("pod_offset, passed, family",
@@ -393,7 +406,8 @@ def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_off
         answers = dict(together=run(pod_offset if backend == "POD" else 0.0))
         if alone:
             answers["alone"] = run(0.001)
-        return answers, dict(fused_batches=7 if backend == "POD" else 0, model_runner="v1")
+        return answers, dict(fused_batches=7 if backend == "POD" else 0, fused_verify_batches=0,
+                             model_runner="v1")
 
     monkeypatch.setattr(e2e_check, "serve", serve)
     monkeypatch.setattr(e2e_check, "MODEL_DIR", tmp_path / "model")
@@ -403,6 +417,8 @@ def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_off
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["passed"] is passed and bool(summary["failures"]) is not passed
     assert summary["pod_fused_batches"] == 7 and summary["model_runner"] == "v1"
+    # No speculation here: no verify steps are asked for.
+    assert summary["speculative_ngram"] == 0 and summary["pod_fused_verify_batches"] == 0
     assert summary["family"] == family
     assert summary["model"]["architectures"] == FAMILIES[family].config["architectures"]
     fa = summary["flash_attn_together_vs_alone"]["prompt"]

@@ -302,9 +302,10 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
                 if n in (1, 10) or n % 10000 == 0:
                     # At INFO, so a serving log shows the fused path ran without debug logging.
                     logger.info("POD: %d hybrid batches planned for the fused kernel so far", n)
-            logger.debug("POD fused batch: %d decodes, %d prefills (%d tokens), %d prefill + %d "
-                         "decode work items", num_decodes, num_prefills, num_prefill_tokens,
-                         plan.num_prefill_items, plan.num_decode_items)
+            logger.debug("POD fused batch: %d decodes, %d prefills (%d tokens, longest %d), %d "
+                         "prefill + %d decode work items", num_decodes, num_prefills,
+                         num_prefill_tokens, cm.max_query_len, plan.num_prefill_items,
+                         plan.num_decode_items)
         else:
             fa_metadata = build_fa()
         return PodAttentionMetadata(
