@@ -168,3 +168,32 @@ def test_sass_mix_static_finds_wgmma_loops_by_their_backward_branch(tmp_path):
     assert [(start, end, len(body)) for start, end, body in loops] == [(0x10, 0x30, 3)]
     assert "loop 0x10-0x30: 3 instructions, 1 HGMMA" in static_report(path, "Lb1E")
     assert "no loop issuing wgmma" in static_report(path, "Lb0E")  # its only loop has no wgmma
+
+
+def test_sass_mix_paths_follow_each_way_through_a_loop_body(tmp_path):
+    from benchmarks.kernel.sass_mix import function_code, loop_paths, static_report
+
+    # A loop at 0x10-0x90: a predicated branch over a two-instruction block (a masked tile's
+    # extra work), an unconditional jump over one instruction, and an exit out of the loop.
+    listing = """
+        Function : kernel_Lb1E
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0020*/               @P1 BRA 0x50 ;
+        /*0030*/                   FMNMX R2, R2, R3, !PT ;
+        /*0040*/                   FSEL R2, R2, RZ, P2 ;
+        /*0050*/                   BRA 0x70 ;
+        /*0060*/                   FMUL R2, R2, R3 ;
+        /*0070*/               @P3 BRA 0xa0 ;
+        /*0080*/                   FADD R2, R2, R3 ;
+        /*0090*/              @!P0 BRA 0x10 ;
+        /*00a0*/                   EXIT ;
+    """
+    code = function_code(listing, "Lb1E")
+    # Not taken at 0x20: 0x10-0x50, jump to 0x70, 0x70-0x90 = 8; taken: 0x10, 0x20, 0x50, 0x70-0x90 = 6.
+    assert loop_paths(code, 0x10, 0x90) == [(6, (0x20, 0x50)), (8, (0x50,))]
+    assert loop_paths(code, 0x10, 0x90, limit=1) is None
+    path = tmp_path / "k.sass"
+    path.write_text(listing)
+    assert "path of 6 instructions, branches taken at: 0x20, 0x50" in static_report(
+        path, "Lb1E", paths=True)

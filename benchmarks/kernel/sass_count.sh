@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Without a GPU: compile the Hopper kernel (bf16, head dim 128, sm_90a) with extra flags and print
-# its registers/spills and the static length and opcode mix of its wgmma loops, so that a
+# its registers/spills, the static length and opcode mix of its wgmma loops and the length of each
+# path through the inner ones (e.g. an unmasked tile without a rescale), so that a
 # candidate's instruction count is known before it runs (docs/design.md, "Pipelines and barriers").
 #
 #   benchmarks/kernel/sass_count.sh [-DFLAG=VALUE ...]
@@ -19,4 +20,4 @@ trap 'rm -rf "$tmp"' EXIT
   -cubin -O3 --use_fast_math -Xptxas -v csrc/instantiations/pod_bf16_hd128.cu -o "$tmp/pod.cubin" 2>&1 |
   grep -A2 "Function properties.*Lb1E" | tail -2
 cuobjdump -sass "$tmp/pod.cubin" >"$tmp/pod.sass"
-python3 -m benchmarks.kernel.sass_mix --static "$tmp/pod.sass" --function Lb1E
+python3 -m benchmarks.kernel.sass_mix --static --paths "$tmp/pod.sass" --function Lb1E
