@@ -239,6 +239,9 @@ def test_validate_accepts_supported(overrides):
     ({"use_mla": True}, "MLA not supported"),
     ({"has_sink": True, "device_capability": DeviceCapability(8, 0)},
      "POD attention supports attention sinks on compute capability 9.0 (H100/H200) only"),
+    ({"has_sink": True, "dtype": torch.float16},
+     "POD attention supports attention sinks in bfloat16 models only (FLASH_ATTN's FA3, which runs "
+     "single-phase batches, takes bf16 sinks)"),
     ({"use_non_causal": True}, "non-causal attention not supported"),
     ({"attn_type": "encoder_only"}, "attention type encoder_only not supported"),
     ({"attn_type": "encoder_decoder"}, "attention type encoder_decoder not supported"),

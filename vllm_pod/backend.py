@@ -123,6 +123,10 @@ class PodAttentionBackend(AttentionBackend):
             # Single-phase batches run FLASH_ATTN's impl, whose sinks need FlashAttention 3.
             reasons.append("POD attention supports attention sinks on compute capability 9.0 "
                            "(H100/H200) only")
+        if selector.get("has_sink") and selector["dtype"] == torch.float16:
+            # Models keep their sinks in the model's dtype; FA3 takes bf16 sinks only.
+            reasons.append("POD attention supports attention sinks in bfloat16 models only "
+                           "(FLASH_ATTN's FA3, which runs single-phase batches, takes bf16 sinks)")
         error = extension_load_error()
         if error is not None:
             reasons.append(f"POD attention's compiled extension vllm_pod._C does not load "
