@@ -358,6 +358,8 @@ FAMILY_LAYERS = {
 @pytest.mark.parametrize("family", FAMILY_LAYERS)
 def test_features_match_flash_attn(model_dirs, dtype, family):
     num_q_heads, num_kv_heads, head_dim, features, group = FAMILY_LAYERS[family]
+    if features.get("sinks") and dtype == torch.float16:
+        pytest.skip("sinks in float16 models are refused at backend selection")
     block_size = 16
     s = make_setup(model_dirs, num_q_heads, num_kv_heads, head_dim, block_size, dtype)
     window = features.get("sliding_window")
