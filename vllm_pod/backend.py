@@ -234,14 +234,16 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
                              f"got {kv_cache_spec.block_size}")
         self.fa_builder = FlashAttentionMetadataBuilder(kv_cache_spec, layer_names, vllm_config,
                                                         device)
+        # Every layer of a sliding-window group has its window; a full-attention group may hold
+        # window layers too (hybrid KV cache manager off), each masked by the kernel alone.
         window = getattr(kv_cache_spec, "sliding_window", None)
+        group_window = window if isinstance(kv_cache_spec, SlidingWindowSpec) else None
         if window is not None:
             # FA3's ahead-of-time schedule must know the layers' window, which FLASH_ATTN's builder
-            # reads from FLASH_ATTN's own impls only: a sliding-window group has one window; a
-            # full-attention group that also holds window layers gets no ahead-of-time schedule
-            # (as FLASH_ATTN does for several windows).
-            if isinstance(kv_cache_spec, SlidingWindowSpec):
-                self.fa_builder.aot_sliding_window = (window - 1, 0)
+            # reads from FLASH_ATTN's own impls only; a group of several windows gets none (as
+            # FLASH_ATTN does).
+            if group_window is not None:
+                self.fa_builder.aot_sliding_window = (group_window - 1, 0)
             else:
                 self.fa_builder.aot_schedule = False
         num_sms, ctas_per_sm = _device_occupancy(device, kv_cache_spec.dtype,
@@ -261,11 +263,8 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
             max_num_tokens=max(scheduler.max_num_batched_tokens, max_graph),
             device=device,
             prefill_rows=device_prefill_tile_rows(kv_cache_spec.dtype, kv_cache_spec.head_size),
-            # Key ranges are cut to the window only where every layer of the group has it: a
-            # full-attention group may hold window layers too (hybrid KV cache manager off); the
-            # kernel masks those by the layer's own window.
-            sliding_window=(kv_cache_spec.sliding_window
-                            if isinstance(kv_cache_spec, SlidingWindowSpec) else None),
+            # Key ranges are cut to the window only where every layer of the group has it.
+            sliding_window=group_window,
         )
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,

@@ -39,6 +39,13 @@ __device__ __forceinline__ void thread_row_positions(const WorkItem& it, int row
   for (int r = 0; r < 2; ++r) pos[r] = it.q_pos0 + (row0 + (lane >> 2) + 8 * r) / it.nh;
 }
 
+// 1 / the softmax denominator of a row whose exp2 terms, taken relative to mx (log2 units), sum to
+// sum, with the row's sink (log2 units, or -inf) joined; 0 for a row that saw no key.
+__device__ __forceinline__ float inverse_denominator(float sum, float mx, float sink) {
+  if (sink != -INFINITY && mx != -INFINITY) sum += exp2f(sink - mx);
+  return sum > 0.f ? 1.f / sum : 0.f;
+}
+
 // Running softmax state of one warp over M m16 tiles of rows: thread (g = lane/4, c = lane%4)
 // holds rows 16*mt + g and 16*mt + g + 8, output columns 8*j + 2c, 8*j + 2c + 1 of each 8-column j.
 template <class Cfg, int M>
@@ -68,9 +75,10 @@ struct WarpState {
         float& sum = l[mt][r];
         sum += __shfl_xor_sync(0xffffffff, sum, 1);
         sum += __shfl_xor_sync(0xffffffff, sum, 2);
-        if (sink_log2[mt][r] != -INFINITY) sum += exp2f(sink_log2[mt][r] - m[mt][r] * scale_log2);
-        const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        lse[mt][r] = sum > 0.f ? m[mt][r] * scale_log2 + __log2f(sum) : -INFINITY;
+        const float mx = m[mt][r] * scale_log2;
+        const float inv = inverse_denominator(sum, mx, sink_log2[mt][r]);
+        // Without the sink: only KV-split parts, which carry none, write their lse.
+        lse[mt][r] = sum > 0.f ? mx + __log2f(sum) : -INFINITY;
 #pragma unroll
         for (int j = 0; j < Cfg::D / 8; ++j) {
           o[mt][j][2 * r] *= inv;

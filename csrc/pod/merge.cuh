@@ -29,13 +29,6 @@ __device__ __forceinline__ float sink_log2(const PodParams& p, const WorkItem& i
   return sink * 1.4426950408889634f;  // log2(e)
 }
 
-// The denominator of a row merged from parts with log2-sum-exps lse_k (sum = sum_k 2^(lse_k - mx)),
-// with the row's sink added: its normaliser, 0 for a row that saw no key.
-__device__ __forceinline__ float merged_inverse(float sum, float mx, float sink) {
-  if (sink != -INFINITY && mx != -INFINITY) sum += exp2f(sink - mx);
-  return sum > 0.f ? 1.f / sum : 0.f;
-}
-
 // Writes normalised rows of an item: to `out` (as T) when the item is unsplit, else to its
 // partial-output rows in the fp32 workspace together with the row's log2-sum-exp.
 template <class Cfg>
@@ -127,7 +120,7 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const 
       a1 += wt * v.y;
       wsum += wt;
     }
-    const float inv = merged_inverse(wsum, mx, sink.sink(row));
+    const float inv = inverse_denominator(wsum, mx, sink.sink(row));
     sink.put(row, d, a0 * inv, a1 * inv);
     if (d == 0) sink.put_lse(row, wsum > 0.f ? mx + __log2f(wsum) : -INFINITY);
   }
@@ -169,7 +162,7 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
 #pragma unroll 8
     for (int s = 0; s < ns; ++s) sum += exp2f(__ldcg(lse + s * used + row) - mx);
     s_max[row] = mx;
-    s_inv[row] = merged_inverse(sum, mx, sink_log2(p, it, row));
+    s_inv[row] = inverse_denominator(sum, mx, sink_log2(p, it, row));
   }
   team.sync();
   // ...then the weighted sum, kUnits column groups of four per thread against kBatch splits at a
