@@ -152,8 +152,7 @@ FLOOR = dict(max=0.05, mean=0.01)
 FUSED_LINE = re.compile(r"POD fused batch: [1-9]\d* decodes, [1-9]\d* prefills")
 # Hybrid batches whose longest query has 2 to 8 tokens: verify steps of n-gram speculation beside
 # one-token decodes, with no prompt chunk.
-FUSED_VERIFY_LINE = re.compile(
-    r"POD fused batch: [1-9]\d* decodes, [1-9]\d* prefills \(\d+ tokens, longest [2-8]\)")
+FUSED_VERIFY_LINE = re.compile(FUSED_LINE.pattern + r" \(\d+ tokens, longest [2-8]\)")
 V2_RUNNER_LINE = "Using V2 Model Runner"  # vLLM 0.26 logs this when it picks model runner V2
 
 
@@ -223,6 +222,7 @@ def write_checkpoint(model_dir: Path, family: str = "llama", seed: int = 0) -> P
     save_file(checkpoint_tensors(FAMILIES[family], seed), str(model_dir / "model.safetensors"),
               metadata={"format": "pt"})
     return model_dir
+
 
 def make_requests(bos_id: int, n_long: int, n_short: int, seed: int = 0) -> list[dict]:
     """Token-id prompts (BOS first, then ids of the tokenizer's ordinary tokens) and how many
