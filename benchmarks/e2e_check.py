@@ -250,7 +250,11 @@ def run_backend(args) -> None:
               compilation_config={"cudagraph_mode": args.cudagraph_mode} if graphs else None,
               max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=CHUNK_TOKENS, max_num_seqs=64,
               enable_chunked_prefill=True, enable_prefix_caching=False,
-              tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=0.5,
+              tensor_parallel_size=args.tensor_parallel_size,
+              # A fixed cache skips vLLM's memory profiling, which misreads other processes'
+              # allocations as its own: several checks can then share one GPU.
+              gpu_memory_utilization=0.05 if args.kv_cache_gib else 0.5,
+              kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None,
               speculative_config=dict(method="ngram", num_speculative_tokens=args.speculative_ngram,
                                       prompt_lookup_min=2, prompt_lookup_max=4)
               if args.speculative_ngram else None,
@@ -337,7 +341,7 @@ def serve(backend: str, args, model_dir: Path, requests_path: Path, alone: bool)
     cmd = [sys.executable, "-m", "benchmarks.e2e_check", "--backend", backend, "--model",
            str(model_dir), "--requests", str(requests_path), "--result", str(result),
            "--tensor-parallel-size", str(args.tensor_parallel_size), "--out", str(out),
-           "--cudagraph-mode", args.cudagraph_mode,
+           "--cudagraph-mode", args.cudagraph_mode, "--kv-cache-gib", str(args.kv_cache_gib),
            "--speculative-ngram", str(args.speculative_ngram)]
     with log.open("w") as f:
         rc = subprocess.run(cmd + (["--alone"] if alone else []), env=env, stdout=f,
@@ -368,6 +372,9 @@ def main() -> int:
     ap.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
                     help="both backends speculate K tokens by n-gram lookup, so the short "
                          "requests' decode steps become verify steps of up to 1 + K tokens")
+    ap.add_argument("--kv-cache-gib", type=float, default=0, metavar="GIB",
+                    help="a KV cache of this size for each backend instead of half the GPU's "
+                         "memory, so that several checks run side by side on one GPU")
     ap.add_argument("--long", type=int, default=6, help="long prompts")
     ap.add_argument("--short", type=int, default=8, help="short prompts")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per backend's run")
