@@ -129,6 +129,14 @@ FAMILIES = {
         rms_norm_eps=1e-5, attention_bias=True, tie_word_embeddings=False),
         "attention sinks on every layer, sliding window (128) on alternate layers, head dim 64, "
         "mixture of experts"),
+    # Phi-3-mini's head dim (96: hidden over heads, as vLLM and transformers derive it), no GQA,
+    # and its fused qkv_proj and gate_up_proj weights.
+    "phi3": Family(dict(
+        _SHAPE, hidden_size=768, architectures=["Phi3ForCausalLM"], model_type="phi3",
+        num_attention_heads=8, num_key_value_heads=8, head_dim=96,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0), rms_norm_eps=1e-5,
+        hidden_act="silu", tie_word_embeddings=False, pad_token_id=None),  # default 32000
+        "head dim 96 (run on the head-dim-128 build), GQA 1"),
 }
 # Outside --out, one directory per family: the weights (100-150 MB) are rewritten on every run and
 # are no result.
@@ -179,12 +187,15 @@ def checkpoint_tensors(family: Family, seed: int = 0) -> dict:
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         a, m = p + "self_attn.", p + "mlp."
+        q, k, v = (normal(nq * d, h, std=family.qk_weight_std),
+                   normal(nkv * d, h, std=family.qk_weight_std), normal(nkv * d, h))
         tensors |= {p + "input_layernorm.weight": unit(h),
                     p + "post_attention_layernorm.weight": unit(h),
-                    a + "q_proj.weight": normal(nq * d, h, std=family.qk_weight_std),
-                    a + "k_proj.weight": normal(nkv * d, h, std=family.qk_weight_std),
-                    a + "v_proj.weight": normal(nkv * d, h),
                     a + "o_proj.weight": normal(h, nq * d)}
+        if config["model_type"] == "phi3":  # Phi-3 checkpoints hold q, k, v fused
+            tensors[a + "qkv_proj.weight"] = torch.cat([q, k, v])
+        else:
+            tensors |= {a + "q_proj.weight": q, a + "k_proj.weight": k, a + "v_proj.weight": v}
         if config.get("attention_bias"):
             tensors |= {a + "q_proj.bias": normal(nq * d), a + "k_proj.bias": normal(nkv * d),
                         a + "v_proj.bias": normal(nkv * d), a + "o_proj.bias": normal(h)}
@@ -203,9 +214,12 @@ def checkpoint_tensors(family: Family, seed: int = 0) -> dict:
                         m + "experts.down_proj": normal(experts, ffn, h),
                         m + "experts.down_proj_bias": normal(experts, h)}
         else:
-            tensors |= {m + "gate_proj.weight": normal(ffn, h),
-                        m + "up_proj.weight": normal(ffn, h),
-                        m + "down_proj.weight": normal(h, ffn)}
+            gate, up = normal(ffn, h), normal(ffn, h)
+            tensors[m + "down_proj.weight"] = normal(h, ffn)
+            if config["model_type"] == "phi3":  # and gate and up fused, gate first
+                tensors[m + "gate_up_proj.weight"] = torch.cat([gate, up])
+            else:
+                tensors |= {m + "gate_proj.weight": gate, m + "up_proj.weight": up}
     return tensors
 
 

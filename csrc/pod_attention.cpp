@@ -21,7 +21,7 @@ std::string nums(at::IntArrayRef v) {
 }
 
 constexpr const char* kSupported =
-    "vllm_pod supports dtypes float16/bfloat16, head dims 64/128/256, block sizes 16/32/64, "
+    "vllm_pod supports dtypes float16/bfloat16, head dims 64/96/128/256, block sizes 16/32/64, "
     "and num_q_heads divisible by num_kv_heads";
 
 void check_rows_aligned(const at::Tensor& t, const char* name) {
@@ -32,11 +32,15 @@ void check_rows_aligned(const at::Tensor& t, const char* name) {
   TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, ": must be 16-byte aligned");
 }
 
+// The D of the build that runs a head dim: 96 runs on the 128 build (pod::PodParams::head_dim), so
+// it adds no instantiation. vllm_pod/plan.py's build_head_dim mirrors this.
+int64_t build_head_dim(int64_t head_dim) { return head_dim == 96 ? 128 : head_dim; }
+
 // Calls Op::run<T, D>(args...) for the runtime dtype and head dim (checked beforehand).
 template <class Op, typename... Args>
 cudaError_t dispatch(at::ScalarType dtype, int64_t head_dim, Args&&... args) {
   const bool bf16 = dtype == at::kBFloat16;
-  switch (head_dim) {
+  switch (build_head_dim(head_dim)) {
     case 64:
       return bf16 ? Op::template run<__nv_bfloat16, 64>(args...) : Op::template run<__half, 64>(args...);
     case 128:
@@ -64,7 +68,7 @@ struct Occupancy {
 void check_dtype_and_head_dim(at::ScalarType dtype, int64_t head_dim) {
   TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "unsupported dtype ", dtype, "; ",
               kSupported);
-  TORCH_CHECK(head_dim == 64 || head_dim == 128 || head_dim == 256, "unsupported head dim ",
+  TORCH_CHECK(head_dim == 64 || head_dim == 96 || head_dim == 128 || head_dim == 256, "unsupported head dim ",
               num(head_dim), "; ", kSupported);
 }
 
@@ -139,7 +143,8 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
                 "sinks must be float32, bfloat16 or float16");
   }
 
-  const int64_t ws_rows = workspace.numel() / (head_dim + 1);
+  const int64_t ws_dim = build_head_dim(head_dim);  // workspace rows are the build's width
+  const int64_t ws_rows = workspace.numel() / (ws_dim + 1);
   pod::PodParams p{};
   p.q = query.data_ptr();
   p.k = key_cache.data_ptr();
@@ -149,7 +154,7 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   p.plan = plan.data_ptr<int>();
   p.counters = counters.data_ptr<int>();
   p.partial_o = workspace.data_ptr<float>();
-  p.partial_lse = p.partial_o + ws_rows * head_dim;
+  p.partial_lse = p.partial_o + ws_rows * ws_dim;
   p.q_stride_tok = query.stride(0);
   p.q_stride_head = query.stride(1);
   p.o_stride_tok = out.stride(0);
@@ -162,6 +167,7 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   p.v_stride_head = value_cache.stride(2);
   p.bt_stride = block_table.stride(0);
   p.group = static_cast<int>(hq / hkv);
+  p.head_dim = static_cast<int>(head_dim);
   p.log2_block_size = __builtin_ctzll(block_size);
   p.scale_log2 = static_cast<float>(softmax_scale * 1.4426950408889634);
   p.ctas_per_sm = static_cast<int>(ctas_per_sm);

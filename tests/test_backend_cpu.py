@@ -217,7 +217,8 @@ def _validate(**overrides) -> list[str]:
 
 @pytest.mark.usefixtures("extension_loads")
 @pytest.mark.parametrize("overrides", [
-    {}, {"dtype": torch.float16}, {"head_size": 64}, {"head_size": 256}, {"block_size": 32},
+    {}, {"dtype": torch.float16}, {"head_size": 64}, {"head_size": 96}, {"head_size": 256},
+    {"block_size": 32},
     {"block_size": 64}, {"block_size": None}, {"kv_cache_dtype": "bfloat16"},
     {"kv_cache_dtype": None}, {"device_capability": DeviceCapability(8, 0)},
     {"device_capability": DeviceCapability(8, 9)}, {"has_sink": True},
@@ -229,7 +230,7 @@ def test_validate_accepts_supported(overrides):
 
 
 @pytest.mark.parametrize("overrides, reason", [
-    ({"head_size": 96}, "head_size not supported"),
+    ({"head_size": 80}, "head_size not supported"),
     ({"head_size": 512}, "head_size not supported"),
     ({"dtype": torch.float32}, "dtype not supported"),
     ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype not supported"),

@@ -36,16 +36,16 @@ def test_wide_table_covers_the_shapes_the_grid_holds_fixed():
 def test_feature_table_holds_each_family_layer_in_both_regimes():
     batches = feature_batches()
     names = [b.columns["batch"] for b in batches]
-    assert len(set(names)) == len(names) == 12
+    assert len(set(names)) == len(names) == 14
     features = [b.features for b in batches]
     assert dict(sliding_window=4096, logits_soft_cap=50.0) in features  # Gemma 2's local layers
     assert dict(sliding_window=128, sinks=True) in features              # gpt-oss's local layers
-    assert {64, 128, 256} == {b.shape["head_dim"] for b in batches}
+    assert {64, 96, 128, 256} == {b.shape["head_dim"] for b in batches}  # 96: Phi-3
     assert all(b.prefills and b.decodes for b in batches), "every batch is hybrid"
     # Each window is shorter than the prefill's context, so that it cuts key ranges.
     windowed = [b for b in batches if "sliding_window" in b.features]
     assert all(b.features["sliding_window"] < c + p for b in windowed for c, p in b.prefills)
-    assert all(b.columns["features"] for b in batches)
+    assert all(b.columns["features"] or b.shape["head_dim"] == 96 for b in batches)
 
 
 def test_grid_keeps_its_axes_as_columns():

@@ -57,7 +57,7 @@ HEADS = [(8, 8), (12, 4), (16, 4), (16, 2), (32, 1)]  # GQA ratios 1, 3, 4, 8, 3
 @pytest.mark.parametrize("mix", MIXES)
 @pytest.mark.parametrize("block_size", [16, 32, 64])
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv")
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_grid(dtype, head_dim, heads, block_size, mix):
     decodes, prefills = MIXES[mix]
@@ -98,7 +98,7 @@ def with_features(b, features, seed):
 @pytest.mark.parametrize("plan_window", [True, False], ids=["window_plan", "full_plan"])
 @pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("mix", MIXES)
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_features(dtype, head_dim, mix, feature, plan_window):
     # plan_window: the planner cuts key ranges to the window (a sliding-window KV cache group),
@@ -255,7 +255,7 @@ def test_cuda_graph_replay_matches_eager_and_follows_new_plans():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(head_dim=96), "head dim"),
+    (dict(head_dim=80), "head dim"),
     (dict(dtype=torch.float32), "dtype"),
     (dict(block_size=8), "block size"),
 ])

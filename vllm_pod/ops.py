@@ -6,10 +6,10 @@ import functools
 
 import torch
 
-from vllm_pod.plan import PodPlan
+from vllm_pod.plan import BUILD_HEAD_DIMS, PodPlan
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-SUPPORTED_HEAD_SIZES = (64, 128, 256)
+SUPPORTED_HEAD_SIZES = tuple(BUILD_HEAD_DIMS)
 SUPPORTED_BLOCK_SIZES = (16, 32, 64)
 # Builds the extension from a source checkout (nvcc from CUDA_HOME; vLLM's torch, hence no isolation).
 BUILD_COMMAND = "CUDA_HOME=/usr/local/cuda pip install --no-build-isolation -e ."

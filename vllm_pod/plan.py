@@ -42,6 +42,9 @@ ITEM_FIELDS = ("req", "kv_head", "h0", "nh", "q_start", "n_tok", "q_pos0", "kv_s
 # The item's last ints: zero here, written by trace builds (csrc/pod/trace.cuh).
 TRACE_FIELDS = ("trace_cta_sm", "trace_start", "trace_end")
 assert len(ITEM_FIELDS) + len(TRACE_FIELDS) == ITEM_INTS
+# The D of the kernel build that runs a head dim (build_head_dim in csrc/pod_attention.cpp): 96
+# runs on the 128 build, whose workspace rows are 128 wide.
+BUILD_HEAD_DIMS = {64: 64, 96: 128, 128: 128, 256: 256}
 MAX_SM_IDS = 1024  # kMaxSmIds (csrc/pod/params.cuh): bound on the SM ids the kernel indexes by
 COUNTER_MERGE_BASE = 4 + MAX_SM_IDS  # kCtrSmSlots + kMaxSmIds
 
@@ -572,7 +575,8 @@ class PodPlanner:
         self.buffer = torch.zeros(n_ints, dtype=torch.int32, device=self.device)
         self.counters = torch.zeros(COUNTER_MERGE_BASE + self.max_merge_groups, dtype=torch.int32,
                                     device=self.device)
-        self.workspace = torch.empty(self.max_split_rows * (head_dim + 1), dtype=torch.float32,
+        width = BUILD_HEAD_DIMS.get(head_dim, head_dim)  # the kernel's head dims, or any (CPU tests)
+        self.workspace = torch.empty(self.max_split_rows * (width + 1), dtype=torch.float32,
                                      device=self.device)
         # Compiles _plan_batch (or loads it from numba's cache) on one decode, which fits any
         # capacity, into a host buffer that the first real plan overwrites.

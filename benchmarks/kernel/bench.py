@@ -16,7 +16,7 @@ max(pod_prefill, pod_decode) / (pod_prefill + pod_decode) for a perfect one. Eac
 checked against FA3's before timing. Writes a CSV and a JSON summary; plot with
 benchmarks/kernel/plot.py.
 
-Two batch lists:
+Three batch lists:
 - the grid (default): Llama-3-8B per-GPU shapes (32 q heads, 8 KV heads, head dim 128, block 16),
   one prefill chunk of 512/1024/2048 tokens after a prefix of 0/4096/12288 beside 16/64/128
   decodes of 2048/8192 tokens;
@@ -24,7 +24,8 @@ Two batch lists:
   a long prefill, GQA ratios 1/4/7/8, head dims 64 and 256, KV blocks 32 and 64, and the per-rank
   shapes of Llama-3-70B under tensor parallelism 2 and 4;
 - the feature table (--features): the attention layers of the families that need a sliding window,
-  a logits soft-cap or attention sinks, at their shapes, with FA3 given the same features.
+  a logits soft-cap, attention sinks or head dim 96, at their shapes, with FA3 given the same
+  features.
 
     python -m benchmarks.kernel.bench --out benchmarks/results/kernel_h200.csv
     python -m benchmarks.kernel.bench --wide --out benchmarks/results/kernel_wide_h200.csv
@@ -170,6 +171,7 @@ FAMILY_LAYERS = [
      dict(sliding_window=128, sinks=True)),
     ("gpt-oss-120b global (sinks)", dict(num_q_heads=64, num_kv_heads=8, head_dim=64),
      dict(sinks=True)),
+    ("Phi-3-mini (head dim 96)", dict(num_q_heads=32, num_kv_heads=32, head_dim=96), dict()),
 ]
 
 

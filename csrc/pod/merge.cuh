@@ -40,7 +40,7 @@ struct RowSink {
   __device__ __forceinline__ void put(int r, int d, float v0, float v1) const {
     if (it.slot >= 0) {
       *reinterpret_cast<float2*>(p.partial_o + int64_t(it.slot + r) * Cfg::D + d) = make_float2(v0, v1);
-    } else {
+    } else if (d < p.head_dim) {
       *reinterpret_cast<uint32_t*>(out_at<T>(p, it, r, d)) = pack2<T>(v0, v1);
     }
   }
@@ -205,6 +205,7 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
 #pragma unroll
     for (int u = 0; u < kUnits; ++u) {
       if (base + u * kThreads >= n) break;
+      if (d[u] >= p.head_dim) continue;
       const float inv = s_inv[row[u]];
       uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<T>(p, it, row[u], d[u]));
       dst[0] = pack2<T>(acc[u].x * inv, acc[u].y * inv);

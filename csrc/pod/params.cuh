@@ -56,6 +56,9 @@ struct PodParams {
   int64_t bt_stride;
 
   int group;            // Hq / Hkv
+  // The tensors' head dim: the build's D, or less (96 runs on the D = 128 build): columns past it
+  // are zero-filled on load, so they add nothing to the scores and give zero outputs, never stored.
+  int head_dim;
   int log2_block_size;
   float scale_log2;     // softmax_scale * log2(e)
   int ctas_per_sm;

@@ -14,7 +14,8 @@ struct SwzLayout {
   __device__ __forceinline__ static int at(int row, int col) { return Cfg::swz(row, col); }
 };
 
-// Query rows r = token * nh + head of the item; rows past the item are zero-filled (never written out).
+// Query rows r = token * nh + head of the item; rows past the item and columns past the head dim
+// are zero-filled (never written out).
 template <class Cfg, class Layout>
 __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodParams& p,
                                                 const WorkItem& it, int rows, int tid) {
@@ -23,7 +24,7 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
   const int used = it.n_tok * it.nh;
   for (int idx = tid; idx < rows * Cfg::kChunks; idx += Cfg::kThreads) {
     const int r = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
-    const bool valid = r < used;
+    const bool valid = r < used && c * 8 < p.head_dim;
     const int t = valid ? r / it.nh : 0;
     const int h = it.kv_head * p.group + it.h0 + (valid ? r - t * it.nh : 0);
     const T* src = q + (it.q_start + t) * p.q_stride_tok + h * p.q_stride_head + c * 8;
@@ -32,7 +33,8 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
 }
 
 // Keys [tile_start, tile_start + kKeys) of K and V; keys at or past kv_end are zero-filled so that
-// masked probabilities (exactly 0) never meet uninitialised values. Each thread copies one 16-byte
+// masked probabilities (exactly 0) never meet uninitialised values, and so are columns past the
+// head dim. Each thread copies one 16-byte
 // column chunk of kKeysPerThread consecutive keys, which lie in one page (tile starts are multiples
 // of kKeys, and kKeysPerThread divides 16, the smallest block size): one block-table read per
 // thread and tile instead of one per key (11% faster over the benchmark grid on an H100).
@@ -57,7 +59,8 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
                 (off * k_tok + it.kv_head * int(p.k_stride_head) + c * 8);
   const T* vs = static_cast<const T*>(p.v) + uint64_t(upage) * uint32_t(p.v_stride_blk) +
                 (off * v_tok + it.kv_head * int(p.v_stride_head) + c * 8);
-  const int num_valid = it.kv_end - pos0;  // compared with the unrolled j: one compare per key
+  // Compared with the unrolled j: one compare per key; a column past the head dim has none valid.
+  const int num_valid = c * 8 < p.head_dim ? it.kv_end - pos0 : 0;
 #pragma unroll
   for (int j = 0; j < kKeysPerThread; ++j, ks += k_tok, vs += v_tok) {
     const bool valid = j < num_valid;
