@@ -652,18 +652,16 @@ def test_forward_single_phase_goes_to_flash_attn(builder, impl, monkeypatch, que
 
 
 def test_sliding_window_groups_plan_their_window(monkeypatch, model_dir):
-    # A sliding-window group's layers all have its window: plans are cut to it, and FA3's
-    # ahead-of-time schedule (single-phase batches) gets it. A full-attention group may hold
-    # window layers beside global ones (hybrid KV cache manager off): whole key ranges, the
-    # kernel masks by each layer's window, and no ahead-of-time schedule (as FLASH_ATTN does).
+    # A sliding-window group's layers all have its window: plans are cut to it. A full-attention
+    # group may hold window layers beside global ones (hybrid KV cache manager off): whole key
+    # ranges, the kernel masks by each layer's window.
     config = make_config(model_dir)
     with set_current_vllm_config(config):
         window = make_builder(monkeypatch, config, SlidingWindowSpec, sliding_window=64)
         full = make_builder(monkeypatch, config, FullAttentionSpec, sliding_window=64)
         plain = make_builder(monkeypatch, config)
-    assert window.planner.sliding_window == 64 and window.fa_builder.aot_sliding_window == (63, 0)
-    assert full.planner.sliding_window is None and not full.fa_builder.aot_schedule
-    assert plain.planner.sliding_window is None and plain.fa_builder.aot_sliding_window is None
+    assert window.planner.sliding_window == 64
+    assert full.planner.sliding_window is None and plain.planner.sliding_window is None
     query_lens, seq_lens = [1, 1, 300], [1000, 90, 800]
     cut = window.build(0, batch(query_lens, seq_lens)).plan
     assert cut.sliding_window == 64
@@ -673,6 +671,39 @@ def test_sliding_window_groups_plan_their_window(monkeypatch, model_dir):
     assert (items[:, 7] >= (first_pos - 63).clip(0) // 64 * 64).all()
     whole = full.build(0, batch(query_lens, seq_lens)).plan
     assert whole.sliding_window is None and whole.items[:, 7].min() == 0
+
+
+@pytest.mark.parametrize("windows, aot_schedule, aot_window", [
+    ([None, None], True, (-1, -1)),
+    ([64, 64], True, (63, 0)),     # Mistral v0.1
+    ([64, None], False, None),     # Gemma 2 and 3, gpt-oss: FA3 schedules each call itself
+])
+def test_flash_attn_schedule_is_flash_attns_for_the_model(monkeypatch, model_dir, windows,
+                                                          aot_schedule, aot_window):
+    # FLASH_ATTN's builder gives FA3's ahead-of-time schedule the layers' window where all share
+    # one and drops it where they differ; it reads the windows from FLASH_ATTN's impls, so POD's
+    # builder hands it its layers' (a schedule made without the call's soft-cap, as the first
+    # form of this did for Gemma 2, moved its decode logprobs by 0.1 nats on average).
+    config = make_config(model_dir)
+    with set_current_vllm_config(config):
+        layers = {f"layer.{i}": mock.Mock(impl=PodAttentionImpl(
+            NUM_Q_HEADS, HEAD_DIM, 0.125, NUM_KV_HEADS, None, w, "auto", 30.0))
+            for i, w in enumerate(windows)}
+        b = make_builder(monkeypatch, config)
+    monkeypatch.setattr(pod_backend, "get_layers_from_vllm_config", lambda *a: layers)
+    b.fa_builder.aot_schedule = True  # as on a GPU with FA3
+    b._set_fa_schedule()
+    assert b.fa_builder.aot_schedule == aot_schedule
+    if aot_schedule:
+        assert b.fa_builder.aot_sliding_window == aot_window
+    # The first build sets it, once.
+    calls = []
+    monkeypatch.setattr(b, "_set_fa_schedule", lambda: calls.append(1) or setattr(
+        b, "_fa_schedule_set", True))
+    b._fa_schedule_set = False
+    for _ in range(2):
+        b.build(0, batch([1, 9], [10, 9]))
+    assert calls == [1]
 
 
 def test_forward_passes_the_layers_features(builder, model_dir, monkeypatch):

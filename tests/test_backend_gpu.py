@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ from vllm.v1.attention.backends.flash_attn import (
 )
 from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
 
+from vllm_pod import backend as pod_backend
 from vllm_pod.backend import POD_STATS, PodAttentionImpl, PodAttentionMetadataBuilder
 
 pytestmark = pytest.mark.gpu
@@ -357,7 +359,7 @@ FAMILY_LAYERS = {
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("family", FAMILY_LAYERS)
-def test_features_match_flash_attn(model_dirs, dtype, family):
+def test_features_match_flash_attn(model_dirs, monkeypatch, dtype, family):
     num_q_heads, num_kv_heads, head_dim, features, group = FAMILY_LAYERS[family]
     if features.get("sinks") and dtype == torch.float16:
         pytest.skip("sinks in float16 models are refused at backend selection")
@@ -389,6 +391,9 @@ def test_features_match_flash_attn(model_dirs, dtype, family):
                 features.get("logits_soft_cap"))
         pod = PodAttentionImpl(*args, sinks=sinks)
         fa = FlashAttentionImpl(*args, sinks=sinks)
+        # The model's layers, from which POD's builder sets FA3's ahead-of-time schedule.
+        monkeypatch.setattr(pod_backend, "get_layers_from_vllm_config",
+                            lambda *a: {"layer": mock.Mock(impl=pod)})
         for step in range(4):
             query_lens, seq_lens = random_hybrid_batch(rng, block_size)
             if step == 3:  # decodes alone: POD runs FLASH_ATTN's impl with the same features

@@ -25,8 +25,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 from vllm._custom_ops import reshape_and_cache_flash
-from vllm.config import CUDAGraphMode, VllmConfig, get_current_vllm_config_or_none
+from vllm.config import (CUDAGraphMode, VllmConfig, get_current_vllm_config_or_none,
+                         get_layers_from_vllm_config)
 from vllm.logger import init_logger
+from vllm.model_executor.layers.attention import Attention
 from vllm.platforms.interface import DeviceCapability
 from vllm.v1.attention.backend import (
     AttentionBackend,
@@ -165,6 +167,14 @@ class PodAttentionBackend(AttentionBackend):
         return compat.kv_cache_stride_order(include_num_layers_dimension)
 
 
+def _flash_attn_window_configs(vllm_config: VllmConfig) -> set[tuple[int, int]]:
+    """The (left, right) windows of the model's POD layers as FLASH_ATTN's impls hold them
+    ((-1, -1) without one)."""
+    layers = get_layers_from_vllm_config(vllm_config, Attention)
+    return {layer.impl.fa_impl.sliding_window for layer in layers.values()
+            if isinstance(layer.impl, PodAttentionImpl)}
+
+
 def _full_graphs_hold_mixed_batches(vllm_config: VllmConfig) -> bool:
     """Whether a full CUDA graph may replay for batches of another composition than the one it
     captured (cudagraph_mode FULL): then every batch must run the fused kernel."""
@@ -236,16 +246,9 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
                                                         device)
         # Every layer of a sliding-window group has its window; a full-attention group may hold
         # window layers too (hybrid KV cache manager off), each masked by the kernel alone.
-        window = getattr(kv_cache_spec, "sliding_window", None)
-        group_window = window if isinstance(kv_cache_spec, SlidingWindowSpec) else None
-        if window is not None:
-            # FA3's ahead-of-time schedule must know the layers' window, which FLASH_ATTN's builder
-            # reads from FLASH_ATTN's own impls only; a group of several windows gets none (as
-            # FLASH_ATTN does).
-            if group_window is not None:
-                self.fa_builder.aot_sliding_window = (group_window - 1, 0)
-            else:
-                self.fa_builder.aot_schedule = False
+        group_window = (kv_cache_spec.sliding_window if isinstance(kv_cache_spec, SlidingWindowSpec)
+                        else None)
+        self._fa_schedule_set = False
         num_sms, ctas_per_sm = _device_occupancy(device, kv_cache_spec.dtype,
                                                  kv_cache_spec.head_size)
         # Padded CUDA-graph batches may exceed the scheduler's limits up to the capture size.
@@ -289,8 +292,23 @@ class PodAttentionMetadataBuilder(AttentionMetadataBuilder[PodAttentionMetadata]
         return (first_prefill, cm.num_reqs - first_prefill, num_decode_tokens,
                 cm.num_actual_tokens - num_decode_tokens)
 
+    def _set_fa_schedule(self) -> None:
+        """FA3's ahead-of-time schedule as FLASH_ATTN's builder sets it for the same model: the
+        layers' window where all have one, none where they differ (FA3 then schedules each call
+        itself, knowing the call's soft-cap, which the ahead-of-time schedule is not told). That
+        builder reads the windows from FLASH_ATTN's impls only, so it is given POD's layers'. Done
+        on the first build, once the layers exist, as that builder does."""
+        windows = _flash_attn_window_configs(self.vllm_config)
+        if len(windows) > 1:
+            self.fa_builder.aot_schedule = False
+        elif windows:
+            self.fa_builder.aot_sliding_window = windows.pop()
+        self._fa_schedule_set = True
+
     def _build(self, cm: CommonAttentionMetadata,
                build_fa: Callable[[], FlashAttentionMetadata]) -> PodAttentionMetadata:
+        if not self._fa_schedule_set:
+            self._set_fa_schedule()
         num_decodes, num_prefills, num_decode_tokens, num_prefill_tokens = (
             self._split_decodes_and_prefills(cm))
         plan = fa_metadata = None
