@@ -176,6 +176,7 @@ def checkpoint_tensors(family: Family, seed: int = 0) -> dict:
     normal = lambda *shape, std=WEIGHT_STD: (torch.randn(shape, generator=gen) * std).to(
         torch.bfloat16)
     gemma = config["model_type"] in ("gemma2", "gemma3_text")
+    fused = config["model_type"] == "phi3"  # Phi-3 checkpoints hold q/k/v and gate/up fused
     # Gemma's RMSNorm scales by (1 + w): zeros are its unit scale.
     unit = lambda n: (torch.zeros if gemma else torch.ones)(n, dtype=torch.bfloat16)
     h, d = config["hidden_size"], config["head_dim"]
@@ -192,7 +193,7 @@ def checkpoint_tensors(family: Family, seed: int = 0) -> dict:
         tensors |= {p + "input_layernorm.weight": unit(h),
                     p + "post_attention_layernorm.weight": unit(h),
                     a + "o_proj.weight": normal(h, nq * d)}
-        if config["model_type"] == "phi3":  # Phi-3 checkpoints hold q, k, v fused
+        if fused:
             tensors[a + "qkv_proj.weight"] = torch.cat([q, k, v])
         else:
             tensors |= {a + "q_proj.weight": q, a + "k_proj.weight": k, a + "v_proj.weight": v}
@@ -216,7 +217,7 @@ def checkpoint_tensors(family: Family, seed: int = 0) -> dict:
         else:
             gate, up = normal(ffn, h), normal(ffn, h)
             tensors[m + "down_proj.weight"] = normal(h, ffn)
-            if config["model_type"] == "phi3":  # and gate and up fused, gate first
+            if fused:  # gate first
                 tensors[m + "gate_up_proj.weight"] = torch.cat([gate, up])
             else:
                 tensors |= {m + "gate_proj.weight": gate, m + "up_proj.weight": up}

@@ -33,7 +33,7 @@ void check_rows_aligned(const at::Tensor& t, const char* name) {
 }
 
 // The D of the build that runs a head dim: 96 runs on the 128 build (pod::PodParams::head_dim), so
-// it adds no instantiation. vllm_pod/plan.py's build_head_dim mirrors this.
+// it adds no instantiation. BUILD_HEAD_DIMS in vllm_pod/plan.py mirrors this.
 int64_t build_head_dim(int64_t head_dim) { return head_dim == 96 ? 128 : head_dim; }
 
 // Calls Op::run<T, D>(args...) for the runtime dtype and head dim (checked beforehand).

@@ -34,10 +34,10 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
 
 // Keys [tile_start, tile_start + kKeys) of K and V; keys at or past kv_end are zero-filled so that
 // masked probabilities (exactly 0) never meet uninitialised values, and so are columns past the
-// head dim. Each thread copies one 16-byte
-// column chunk of kKeysPerThread consecutive keys, which lie in one page (tile starts are multiples
-// of kKeys, and kKeysPerThread divides 16, the smallest block size): one block-table read per
-// thread and tile instead of one per key (11% faster over the benchmark grid on an H100).
+// head dim. Each thread copies one 16-byte column chunk of kKeysPerThread consecutive keys, which
+// lie in one page (tile starts are multiples of kKeys, and kKeysPerThread divides 16, the smallest
+// block size): one block-table read per thread and tile instead of one per key (11% faster over
+// the benchmark grid on an H100).
 template <class Cfg, int kKeys, class Layout>
 __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
                                              const PodParams& p, const WorkItem& it,
