@@ -265,7 +265,7 @@ def run_backend(args) -> None:
               compilation_config={"cudagraph_mode": args.cudagraph_mode} if graphs else None,
               max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=CHUNK_TOKENS, max_num_seqs=64,
               enable_chunked_prefill=True, enable_prefix_caching=False,
-              tensor_parallel_size=args.tensor_parallel_size,
+              tensor_parallel_size=args.tensor_parallel_size, kv_cache_dtype=args.kv_cache_dtype,
               # A fixed cache skips vLLM's memory profiling, which misreads other processes'
               # allocations as its own: several checks can then share one GPU.
               gpu_memory_utilization=0.05 if args.kv_cache_gib else 0.5,
@@ -357,7 +357,7 @@ def serve(backend: str, args, model_dir: Path, requests_path: Path, alone: bool)
            str(model_dir), "--requests", str(requests_path), "--result", str(result),
            "--tensor-parallel-size", str(args.tensor_parallel_size), "--out", str(out),
            "--cudagraph-mode", args.cudagraph_mode, "--kv-cache-gib", str(args.kv_cache_gib),
-           "--speculative-ngram", str(args.speculative_ngram)]
+           "--speculative-ngram", str(args.speculative_ngram), "--kv-cache-dtype", args.kv_cache_dtype]
     with log.open("w") as f:
         rc = subprocess.run(cmd + (["--alone"] if alone else []), env=env, stdout=f,
                             stderr=subprocess.STDOUT, timeout=args.timeout).returncode
@@ -390,6 +390,9 @@ def main() -> int:
     ap.add_argument("--kv-cache-gib", type=float, default=0, metavar="GIB",
                     help="a KV cache of this size for each backend instead of half the GPU's "
                          "memory, so that several checks run side by side on one GPU")
+    ap.add_argument("--kv-cache-dtype", choices=("auto", "fp8"), default="auto",
+                    help="both backends keep an fp8 (e4m3) KV cache, with vLLM's unit scales "
+                         "(the checkpoint carries none) and the query quantized as for FA3")
     ap.add_argument("--long", type=int, default=6, help="long prompts")
     ap.add_argument("--short", type=int, default=8, help="short prompts")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per backend's run")
@@ -426,7 +429,7 @@ def main() -> int:
         tolerance=dict(multiple=TOLERANCE_MULTIPLE, floor=FLOOR),
         pod_fused_batches=pod_facts["fused_batches"], model_runner=pod_facts["model_runner"],
         tensor_parallel_size=args.tensor_parallel_size, cudagraph_mode=args.cudagraph_mode,
-        speculative_ngram=args.speculative_ngram,
+        speculative_ngram=args.speculative_ngram, kv_cache_dtype=args.kv_cache_dtype,
         pod_fused_verify_batches=pod_facts["fused_verify_batches"],
         requests=dict(long=args.long, short=args.short,
                       prompt_tokens=sum(len(r["prompt_token_ids"]) for r in requests)),

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <torch/extension.h>
 
 #include "pod_attention.h"
@@ -21,13 +22,14 @@ std::string nums(at::IntArrayRef v) {
 }
 
 constexpr const char* kSupported =
-    "vllm_pod supports dtypes float16/bfloat16, head dims 64/96/128/256, block sizes 16/32/64, "
-    "and num_q_heads divisible by num_kv_heads";
+    "vllm_pod supports dtypes float16/bfloat16 (and float8_e4m3fn for query and KV cache beside a "
+    "float16/bfloat16 output, on compute capability 9.0), head dims 64/96/128/256, block sizes "
+    "16/32/64, and num_q_heads divisible by num_kv_heads";
 
 void check_rows_aligned(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.stride(-1) == 1, name, ": the last (head) dim must be contiguous");
   for (int i = 0; i < t.dim() - 1; ++i)
-    TORCH_CHECK(t.stride(i) % 8 == 0, name, ": strides must be multiples of 8 elements (16 bytes), got ",
+    TORCH_CHECK(t.stride(i) * t.element_size() % 16 == 0, name, ": strides must be multiples of 16 bytes, got ",
                 nums(t.strides()));
   TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, ": must be 16-byte aligned");
 }
@@ -36,17 +38,19 @@ void check_rows_aligned(const at::Tensor& t, const char* name) {
 // it adds no instantiation. BUILD_HEAD_DIMS in vllm_pod/plan.py mirrors this.
 int64_t build_head_dim(int64_t head_dim) { return head_dim == 96 ? 128 : head_dim; }
 
-// Calls Op::run<T, D>(args...) for the runtime dtype and head dim (checked beforehand).
+// Calls Op::run<T, D>(args...) for the runtime KV cache dtype and head dim (checked beforehand).
+template <class Op, int D, typename... Args>
+cudaError_t dispatch_dtype(at::ScalarType dtype, Args&&... args) {
+  if (dtype == at::kBFloat16) return Op::template run<__nv_bfloat16, D>(args...);
+  if (dtype == at::kHalf) return Op::template run<__half, D>(args...);
+  return Op::template run<__nv_fp8_e4m3, D>(args...);
+}
 template <class Op, typename... Args>
 cudaError_t dispatch(at::ScalarType dtype, int64_t head_dim, Args&&... args) {
-  const bool bf16 = dtype == at::kBFloat16;
   switch (build_head_dim(head_dim)) {
-    case 64:
-      return bf16 ? Op::template run<__nv_bfloat16, 64>(args...) : Op::template run<__half, 64>(args...);
-    case 128:
-      return bf16 ? Op::template run<__nv_bfloat16, 128>(args...) : Op::template run<__half, 128>(args...);
-    default:
-      return bf16 ? Op::template run<__nv_bfloat16, 256>(args...) : Op::template run<__half, 256>(args...);
+    case 64: return dispatch_dtype<Op, 64>(dtype, args...);
+    case 128: return dispatch_dtype<Op, 128>(dtype, args...);
+    default: return dispatch_dtype<Op, 256>(dtype, args...);
   }
 }
 struct Launch {
@@ -65,9 +69,10 @@ struct Occupancy {
   static cudaError_t run(int* n) { return pod::ctas_per_sm<T, D>(n); }
 };
 
+// dtype: the KV cache's (float8_e4m3fn for an fp8 cache).
 void check_dtype_and_head_dim(at::ScalarType dtype, int64_t head_dim) {
-  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "unsupported dtype ", dtype, "; ",
-              kSupported);
+  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf || dtype == at::kFloat8_e4m3fn,
+              "unsupported dtype ", dtype, "; ", kSupported);
   TORCH_CHECK(head_dim == 64 || head_dim == 96 || head_dim == 128 || head_dim == 256, "unsupported head dim ",
               num(head_dim), "; ", kSupported);
 }
@@ -76,6 +81,8 @@ int64_t ctas_per_sm(at::ScalarType dtype, int64_t head_dim) {
   check_dtype_and_head_dim(dtype, head_dim);
   int n = 0;
   const cudaError_t e = dispatch<Occupancy>(dtype, head_dim, &n);
+  TORCH_CHECK(e != cudaErrorNotSupported, "an fp8 KV cache needs compute capability 9.0 and the sm_90a build; ",
+              kSupported);
   TORCH_CHECK(e == cudaSuccess, "occupancy query failed: ", cudaGetErrorString(e));
   return n;
 }
@@ -84,6 +91,7 @@ int64_t prefill_tile_rows(at::ScalarType dtype, int64_t head_dim) {
   check_dtype_and_head_dim(dtype, head_dim);
   int n = 0;
   dispatch<PrefillRows>(dtype, head_dim, &n);
+  TORCH_CHECK(n > 0, "an fp8 KV cache needs compute capability 9.0 and the sm_90a build; ", kSupported);
   return n;
 }
 
@@ -91,8 +99,9 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
                    const at::Tensor& value_cache, const at::Tensor& block_table,
                    const at::Tensor& plan, at::Tensor& counters, at::Tensor& workspace,
                    double softmax_scale, double logits_soft_cap, int64_t sliding_window,
-                   const std::optional<at::Tensor>& sinks, int64_t ctas_per_sm, int64_t num_sms,
-                   int64_t plan_prefill_rows) {
+                   const std::optional<at::Tensor>& sinks, const std::optional<at::Tensor>& q_descale,
+                   const std::optional<at::Tensor>& k_descale, const std::optional<at::Tensor>& v_descale,
+                   int64_t ctas_per_sm, int64_t num_sms, int64_t plan_prefill_rows) {
   const at::Tensor* all[] = {&out, &query, &key_cache, &value_cache, &block_table, &plan, &counters, &workspace};
   for (const at::Tensor* t : all)
     TORCH_CHECK(t->is_cuda() && t->device() == query.device(),
@@ -102,10 +111,25 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
               "key/value cache must both be [num_blocks, block_size, num_kv_heads, head_dim]");
   const int64_t head_dim = query.size(2), hq = query.size(1), hkv = key_cache.size(2);
   const int64_t block_size = key_cache.size(1);
-  check_dtype_and_head_dim(query.scalar_type(), head_dim);
-  TORCH_CHECK(key_cache.scalar_type() == query.scalar_type() && value_cache.scalar_type() == query.scalar_type() &&
-                  out.scalar_type() == query.scalar_type(),
-              "query, key/value cache and out must share one dtype (fp8 KV cache is not supported)");
+  const at::ScalarType cache_dtype = key_cache.scalar_type();
+  const bool fp8 = cache_dtype == at::kFloat8_e4m3fn;
+  check_dtype_and_head_dim(cache_dtype, head_dim);
+  TORCH_CHECK(value_cache.scalar_type() == cache_dtype && query.scalar_type() == cache_dtype,
+              "query and key/value cache must share one dtype (an fp8 cache takes an fp8 query, as "
+              "FLASH_ATTN's); ", kSupported);
+  const at::ScalarType out_dtype = out.scalar_type();
+  TORCH_CHECK(fp8 ? out_dtype == at::kBFloat16 || out_dtype == at::kHalf : out_dtype == cache_dtype,
+              "out must have the query's dtype, or float16/bfloat16 beside an fp8 query; ", kSupported);
+  const std::optional<at::Tensor>* descales[] = {&q_descale, &k_descale, &v_descale};
+  for (const std::optional<at::Tensor>* d : descales) {
+    TORCH_CHECK(d->has_value() == fp8, fp8 ? "an fp8 KV cache needs q/k/v descales"
+                                           : "q/k/v descales are for an fp8 KV cache only");
+    if (fp8)
+      TORCH_CHECK((*d)->is_cuda() && (*d)->device() == query.device() && (*d)->scalar_type() == at::kFloat &&
+                      (*d)->is_contiguous() && ((*d)->numel() == 1 || (*d)->numel() == hkv),
+                  "descales must be contiguous float32 on the query's device, one per tensor or one per "
+                  "KV head (", num(hkv), ")");
+  }
   TORCH_CHECK(key_cache.size(3) == head_dim, "key/value head dim ", num(key_cache.size(3)),
               " differs from the query's ", num(head_dim));
   TORCH_CHECK(block_size == 16 || block_size == 32 || block_size == 64, "unsupported block size ",
@@ -174,6 +198,18 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   p.softcap_in = logits_soft_cap > 0.0 ? static_cast<float>(softmax_scale / logits_soft_cap) : 0.f;
   p.softcap_out = logits_soft_cap > 0.0 ? static_cast<float>(logits_soft_cap / softmax_scale) : 0.f;
   p.window_left = sliding_window > 0 ? static_cast<int>(sliding_window - 1) : pod::kNoWindow;
+  p.out_scale = 1.f;
+  if (fp8) {
+    p.q_descale = q_descale->data_ptr<float>();
+    p.k_descale = k_descale->data_ptr<float>();
+    p.v_descale = v_descale->data_ptr<float>();
+    // Per tensor or per KV head; the three may differ (a head's index times its own stride would
+    // need three strides): all per tensor, or all per head.
+    TORCH_CHECK(q_descale->numel() == k_descale->numel() && k_descale->numel() == v_descale->numel(),
+                "q/k/v descales must all be per tensor or all per KV head");
+    p.descale_stride = k_descale->numel() == 1 ? 0 : 1;
+    p.out_bf16 = out.scalar_type() == at::kBFloat16;
+  }
   if (sinks.has_value()) {
     p.sinks = sinks->data_ptr();
     const at::ScalarType t = sinks->scalar_type();
@@ -183,13 +219,14 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
   const c10::cuda::CUDAGuard guard(query.device());
   // A prefill item taller than the kernel's tile would lose its extra rows: refuse the plan.
   int tile_rows = 0;
-  dispatch<PrefillRows>(query.scalar_type(), head_dim, &tile_rows);  // dtype/head dim checked above
+  dispatch<PrefillRows>(cache_dtype, head_dim, &tile_rows);  // dtype/head dim checked above
+  TORCH_CHECK(tile_rows > 0, "an fp8 KV cache needs compute capability 9.0 and the sm_90a build; ", kSupported);
   TORCH_CHECK(plan_prefill_rows >= 1 && plan_prefill_rows <= tile_rows, "the plan was made for ",
               num(plan_prefill_rows), "-row prefill tiles but this GPU's kernel tile has ", num(tile_rows),
               " rows: make the PodPlanner with prefill_rows=vllm_pod.ops.device_prefill_tile_rows(dtype, head_dim)");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int num_ctas = static_cast<int>(num_sms * ctas_per_sm);
-  const cudaError_t e = dispatch<Launch>(query.scalar_type(), head_dim, p, num_ctas, stream);
+  const cudaError_t e = dispatch<Launch>(cache_dtype, head_dim, p, num_ctas, stream);
   TORCH_CHECK(e == cudaSuccess, "pod_attention launch failed: ", cudaGetErrorString(e));
 }
 
@@ -200,7 +237,7 @@ TORCH_LIBRARY(vllm_pod, m) {
       "pod_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, "
       "Tensor block_table, Tensor plan, Tensor(b!) counters, Tensor(c!) workspace, "
       "float softmax_scale, float logits_soft_cap, int sliding_window, Tensor? sinks, "
-      "int ctas_per_sm, int num_sms, int plan_prefill_rows) -> ()");
+      "Tensor? q_descale, Tensor? k_descale, Tensor? v_descale, int ctas_per_sm, int num_sms, int plan_prefill_rows) -> ()");
   m.impl("pod_attention", torch::kCUDA, &pod_attention);
   m.def("ctas_per_sm(ScalarType dtype, int head_dim) -> int", &ctas_per_sm);
   m.def("prefill_tile_rows(ScalarType dtype, int head_dim) -> int", &prefill_tile_rows);

@@ -224,6 +224,8 @@ def _validate(**overrides) -> list[str]:
     {"device_capability": DeviceCapability(8, 9)}, {"has_sink": True},
     {"has_sliding_window": True}, {"has_sliding_window": True, "head_size": 256},
     {"has_sliding_window": True, "device_capability": DeviceCapability(8, 0)},
+    {"kv_cache_dtype": "fp8"}, {"kv_cache_dtype": "fp8_e4m3"},
+    {"kv_cache_dtype": "fp8", "has_sink": True, "has_sliding_window": True, "head_size": 64},
 ])
 def test_validate_accepts_supported(overrides):
     assert _validate(**overrides) == []
@@ -233,8 +235,14 @@ def test_validate_accepts_supported(overrides):
     ({"head_size": 80}, "head_size not supported"),
     ({"head_size": 512}, "head_size not supported"),
     ({"dtype": torch.float32}, "dtype not supported"),
-    ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype not supported"),
-    ({"kv_cache_dtype": "fp8_e4m3"}, "kv_cache_dtype not supported"),
+    ({"kv_cache_dtype": "fp8_e5m2"},
+     "POD attention supports KV cache dtypes auto/float16/bfloat16/fp8/fp8_e4m3, not fp8_e5m2"),
+    ({"kv_cache_dtype": "fp8", "dtype": torch.float16},
+     "POD attention supports an fp8 KV cache in bfloat16 models only (FLASH_ATTN's FA3, which "
+     "runs single-phase batches, writes its fp8 output in bf16)"),
+    ({"kv_cache_dtype": "fp8", "device_capability": DeviceCapability(8, 0)},
+     "POD attention supports an fp8 KV cache on compute capability 9.0 (H100/H200) only, as "
+     "FLASH_ATTN's FA3 does"),
     ({"block_size": 8}, "block_size not supported"),
     ({"block_size": 24}, "block_size not supported"),
     ({"use_mla": True}, "MLA not supported"),
@@ -723,6 +731,44 @@ def test_forward_passes_the_layers_features(builder, model_dir, monkeypatch):
                  torch.empty(10, NUM_Q_HEADS, HEAD_DIM))
     (features,), = [calls]
     assert features == dict(logits_soft_cap=30.0, sliding_window=512, sinks=sinks)
+
+
+def test_fp8_forward_passes_the_layers_descales_and_takes_a_quantized_query(builder, model_dir,
+                                                                          monkeypatch):
+    calls = []
+    monkeypatch.setattr(pod_backend, "pod_attention", lambda *a, **kw: calls.append((a, kw)))
+    # FLASH_ATTN's impl as on a Hopper GPU with FA3 (newer vLLM checks the device when built).
+    monkeypatch.setattr(pod_backend, "FlashAttentionImpl",
+                        lambda *a, **kw: mock.Mock(supports_quant_query_input=True))
+    with set_current_vllm_config(make_config(model_dir)):
+        impl = PodAttentionImpl(NUM_Q_HEADS, HEAD_DIM, 0.125, NUM_KV_HEADS, None, None, "fp8")
+    # The layer quantizes the query to e4m3 for POD as it does for FLASH_ATTN.
+    assert impl.supports_quant_query_input
+
+    class Layer:
+        _q_scale, _k_scale, _v_scale = torch.tensor(0.5), torch.tensor(0.25), torch.tensor(2.0)
+
+    md = builder.build(0, batch([1, 9], [10, 9]))
+    cache = kv_cache().to(torch.float8_e4m3fn).view(torch.uint8)  # vLLM 0.26 keeps fp8 as uint8
+    impl.forward(Layer, torch.randn(10, NUM_Q_HEADS, HEAD_DIM).to(torch.float8_e4m3fn), None, None,
+                 cache, md, torch.empty(10, NUM_Q_HEADS, HEAD_DIM, dtype=torch.bfloat16))
+    ((out, q, k, v, *_), kw), = calls
+    assert q.dtype == torch.float8_e4m3fn and out.dtype == torch.bfloat16
+    assert k.data_ptr() == cache.data_ptr()
+    assert kw["q_descale"] is Layer._q_scale and kw["k_descale"] is Layer._k_scale
+    assert kw["v_descale"] is Layer._v_scale
+
+
+def test_fp8_refused_where_flash_attn_takes_a_16_bit_query(model_dir, monkeypatch):
+    # Newer vLLM may run FA4's fp8 path on Hopper, which takes the query unquantized: the fused
+    # kernel could not take the query the layer then passes.
+    monkeypatch.setattr(pod_backend, "FlashAttentionImpl",
+                        lambda *a, **kw: mock.Mock(supports_quant_query_input=False))
+    with set_current_vllm_config(make_config(model_dir)):
+        with pytest.raises(NotImplementedError, match="takes a 16-bit query here"):
+            PodAttentionImpl(NUM_Q_HEADS, HEAD_DIM, 0.125, NUM_KV_HEADS, None, None, "fp8")
+        # A 16-bit cache never asks for a quantized query.
+        PodAttentionImpl(NUM_Q_HEADS, HEAD_DIM, 0.125, NUM_KV_HEADS, None, None, "auto")
 
 
 def test_forward_profiling_run_zeroes_output(impl):

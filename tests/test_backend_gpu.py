@@ -10,7 +10,10 @@ through POD (our builder + impl) and through vLLM's FLASH_ATTN (its builder + im
   batch, replayed for hybrid, decode-only and prefill-only batches of the same padded size,
   equals FLASH_ATTN;
 - sliding window, logits soft-cap and attention sinks, as the model families that use them pass
-  them: hybrid and single-phase batches equal FLASH_ATTN's.
+  them: hybrid and single-phase batches equal FLASH_ATTN's;
+- an fp8 KV cache (vLLM's cache op writes it, the query is quantized as the layer does for FA3,
+  descales per tensor and per KV head): POD equals the float32 reference on the dequantized
+  values and FLASH_ATTN's fp8 path within that path's own rounding of probabilities to e4m3.
 
 Every run draws fresh random lengths, block placements and values; outputs start as NaN.
 """
@@ -411,3 +414,66 @@ def test_features_match_flash_attn(model_dirs, monkeypatch, dtype, family):
             assert_equals_flash_attn(
                 pod, fa, layer, query, kv_cache, pod_md, fa_builder.build(0, cm), dtype,
                 f"seed {seed}, query_lens {query_lens}, seq_lens {seq_lens}")
+
+
+@pytest.mark.parametrize("per_head", [False, True], ids=["per_tensor", "per_head"])
+def test_fp8_kv_cache_matches_reference_and_flash_attn(model_dirs, per_head):
+    # bf16 models only: FA3 writes fp8 attention's output in bf16 (selection refuses fp16).
+    dtype = torch.bfloat16
+    from vllm_pod.reference import reference_attention
+
+    num_q_heads, num_kv_heads, head_dim, block_size = 32, 8, 128, 16
+    s = make_setup(model_dirs, num_q_heads, num_kv_heads, head_dim, block_size, dtype)
+    s.config.cache_config.cache_dtype = "fp8"
+    s.spec = FullAttentionSpec(block_size=block_size, num_kv_heads=num_kv_heads, head_size=head_dim,
+                               dtype=torch.uint8)  # vLLM's dtype for an fp8 cache
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    layer = Layer()
+    shape = (num_kv_heads,) if per_head else ()
+    for name in ("_q_scale", "_k_scale", "_v_scale"):  # scales that change the answer
+        setattr(layer, name, torch.rand(shape, device="cuda") * 0.04 + 0.01)
+    fp8 = torch.float8_e4m3fn
+    with set_current_vllm_config(s.config):
+        pod_builder, fa_builder = s.builders()
+        args = (num_q_heads, head_dim, head_dim ** -0.5, num_kv_heads, None, None, "fp8")
+        pod, fa = PodAttentionImpl(*args), FlashAttentionImpl(*args)
+        assert pod.supports_quant_query_input, "the layer must quantize the query for POD too"
+        for _ in range(3):
+            query_lens, seq_lens = random_hybrid_batch(rng, block_size)
+            num_blocks = sum(-(-n // block_size) for n in seq_lens) + 8
+            # Earlier context: random e4m3 values (random bytes would hold NaNs).
+            kv_cache = (torch.randn(num_blocks, block_size, num_kv_heads, 2 * head_dim, device="cuda")
+                        .to(fp8).view(torch.uint8).permute(0, 2, 1, 3))
+            table = block_tables(s, seq_lens, num_blocks)
+            cm, _ = common_metadata(s, query_lens, seq_lens, table)
+            n = cm.num_actual_tokens
+            key = torch.randn(n, num_kv_heads, head_dim, dtype=dtype, device="cuda") * 0.2
+            value = torch.randn_like(key) * 0.2
+            # As the layer quantizes it (QuantFP8, static scale per tensor or per KV head group).
+            q_scale = layer._q_scale.expand(num_kv_heads).repeat_interleave(num_q_heads // num_kv_heads)
+            query = ((torch.randn(n, num_q_heads, head_dim, device="cuda") * 0.2) / q_scale[:, None])
+            query = query.clamp(-448, 448).to(fp8)
+            pod_md = pod_builder.build(0, cm)
+            assert pod_md.plan is not None, "a hybrid batch must take the fused path"
+            if not per_head:
+                # vLLM's cache op quantizes with one scale per tensor; per-head scales come with
+                # checkpoints, whose caches the random context above stands for.
+                pod.do_kv_cache_update(layer, key, value, kv_cache, cm.slot_mapping)
+            out_pod = torch.full((n, num_q_heads, head_dim), float("nan"), dtype=dtype, device="cuda")
+            pod.forward(layer, query, None, None, kv_cache, pod_md, out_pod)
+            out_fa = torch.full_like(out_pod, float("nan"))
+            fa.forward(layer, query, None, None, kv_cache, fa_builder.build(0, cm), out_fa)
+            torch.cuda.synchronize()
+            describe = f"seed {seed}, query_lens {query_lens}, seq_lens {seq_lens}"
+            assert not out_pod.isnan().any(), "POD left output rows unwritten"
+            key_cache, value_cache = kv_cache.view(fp8).transpose(1, 2).split(head_dim, dim=-1)
+            ref = reference_attention(query, key_cache, value_cache, cm.block_table_tensor,
+                                      cm.query_start_loc, cm.seq_lens, head_dim ** -0.5,
+                                      descales=(layer._q_scale, layer._k_scale, layer._v_scale))
+            torch.testing.assert_close(out_pod.float(), ref, **TOL[dtype],
+                                       msg=lambda m: f"{describe}, against the reference: {m}")
+            # FA3 rounds probabilities to e4m3 (3 mantissa bits): its own error is that large.
+            torch.testing.assert_close(out_pod, out_fa, atol=0.1, rtol=0.1,
+                                       msg=lambda m: f"{describe}, against FLASH_ATTN: {m}")

@@ -9,12 +9,28 @@ import torch
 
 from vllm_pod.plan import PodPlanner
 from vllm_pod.reference import reference_attention
-from vllm_pod.testing import KV_LAYOUTS, batch_shape, device_planner, make_batch, plan_batch
+from vllm_pod.testing import (KV_LAYOUTS, batch_shape, device_planner, make_batch, plan_batch,
+                              quantize_fp8)
 
 pytestmark = pytest.mark.gpu
 
+# By the output's dtype. An fp8 batch is compared with the reference on its dequantized values,
+# which the kernel multiplies exactly (e4m3 values are fp16 values).
 TOL = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2, rel_norm=1e-2),
        torch.float16: dict(atol=4e-3, rtol=4e-3, rel_norm=2e-3)}
+# "fp8": an e4m3 KV cache and query beside a bf16 or fp16 model, descales per tensor or per KV head.
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": "fp8"}
+
+
+def make_test_batch(dtype, decodes, prefills, *, seed, features=None, **shape):
+    """make_batch for one of DTYPES; features (with_features's) are applied before an fp8 batch is
+    quantized. Returns the batch and the op's feature options."""
+    model_dtype = [torch.bfloat16, torch.float16][seed % 2] if dtype == "fp8" else dtype
+    b = make_batch(decodes, prefills, dtype=model_dtype, device="cuda", seed=seed, **shape)
+    options = with_features(b, features or {}, seed)
+    if dtype == "fp8":
+        b = quantize_fp8(b, per_head=seed % 3 == 0, seed=seed)
+    return b, options
 
 
 def new_planner(b, max_num_tokens=16384, max_num_reqs=256, **options):
@@ -27,8 +43,9 @@ def run_pod(b, planner=None, **features):
     from vllm_pod.ops import pod_attention
     planner = planner or new_planner(b)
     plan = plan_batch(planner, b)
-    out = torch.full_like(b.query, float("nan"))
-    pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale, **features)
+    out = b.out_like()
+    pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale,
+                  **b.fp8_options(), **features)
     torch.cuda.synchronize()
     assert int(planner.counters.abs().sum()) == 0, "the kernel must leave its counters zeroed"
     return out
@@ -36,11 +53,11 @@ def run_pod(b, planner=None, **features):
 
 def assert_matches_reference(b, out, **features):
     ref = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
-                              b.query_start_loc, b.seq_lens, b.scale, **features)
+                              b.query_start_loc, b.seq_lens, b.scale, descales=b.descales, **features)
     n = int(b.query_start_loc[-1])
     out, ref = out[:n].float(), ref[:n]
     assert not out.isnan().any(), f"{int(out.isnan().sum())} output elements never written"
-    tol = TOL[b.query.dtype]
+    tol = TOL[b.out_dtype or b.query.dtype]
     rel = float((out - ref).norm() / ref.norm())
     assert rel < tol["rel_norm"], f"relative error {rel:.2e}"
     torch.testing.assert_close(out, ref, atol=tol["atol"], rtol=tol["rtol"])
@@ -58,13 +75,13 @@ HEADS = [(8, 8), (12, 4), (16, 4), (16, 2), (32, 1)]  # GQA ratios 1, 3, 4, 8, 3
 @pytest.mark.parametrize("block_size", [16, 32, 64])
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv")
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_grid(dtype, head_dim, heads, block_size, mix):
     decodes, prefills = MIXES[mix]
-    seed = hash((str(dtype), head_dim, heads, block_size, mix)) % 10_000
-    b = make_batch(decodes, prefills, num_q_heads=heads[0], num_kv_heads=heads[1],
-                   head_dim=head_dim, block_size=block_size, dtype=dtype, device="cuda",
-                   layout=KV_LAYOUTS[seed % len(KV_LAYOUTS)], seed=seed)
+    seed = hash((dtype, head_dim, heads, block_size, mix)) % 10_000
+    b, _ = make_test_batch(DTYPES[dtype], decodes, prefills, num_q_heads=heads[0], num_kv_heads=heads[1],
+                           head_dim=head_dim, block_size=block_size,
+                           layout=KV_LAYOUTS[seed % len(KV_LAYOUTS)], seed=seed)
     assert_matches_reference(b, run_pod(b))
 
 
@@ -99,7 +116,7 @@ def with_features(b, features, seed):
 @pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("mix", MIXES)
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_features(dtype, head_dim, mix, feature, plan_window):
     # plan_window: the planner cuts key ranges to the window (a sliding-window KV cache group),
     # or plans full ranges and the kernel masks alone (a window layer in a full-attention group).
@@ -110,11 +127,10 @@ def test_features(dtype, head_dim, mix, feature, plan_window):
     if set(features) == {"sliding_window"} and features["sliding_window"] >= max(
             decodes + [seq_len for _, seq_len in prefills]):
         pytest.skip("a window longer than every sequence changes nothing")
-    seed = hash((str(dtype), head_dim, mix, feature)) % 10_000
-    b = make_batch(decodes, prefills, num_q_heads=16, num_kv_heads=4, head_dim=head_dim,
-                   block_size=[16, 32, 64][seed % 3], dtype=dtype, device="cuda",
-                   layout=KV_LAYOUTS[seed % len(KV_LAYOUTS)], seed=seed)
-    options = with_features(b, features, seed)
+    seed = hash((dtype, head_dim, mix, feature)) % 10_000
+    b, options = make_test_batch(DTYPES[dtype], decodes, prefills, num_q_heads=16, num_kv_heads=4,
+                                 head_dim=head_dim, block_size=[16, 32, 64][seed % 3],
+                                 layout=KV_LAYOUTS[seed % len(KV_LAYOUTS)], seed=seed, features=features)
     window = options.get("sliding_window") if plan_window else None
     out = run_pod(b, new_planner(b, sliding_window=window), **options)
     assert_matches_reference(b, out, **options)
@@ -187,9 +203,11 @@ def test_fuzz_hybrid_batches():
     for i in range(FUZZ_BATCHES):
         b = random_batch(rng, seed=i)
         options = with_features(b, random_features(rng), seed=i)
+        if rng.random() < 0.25:  # an fp8 KV cache
+            b = quantize_fp8(b, per_head=rng.random() < 0.5, seed=i)
         # Half the windowed batches are planned for the window, half with full ranges.
         window = options.get("sliding_window") if rng.random() < 0.5 else None
-        key = (b.query.shape[1], b.key_cache.shape[2], b.key_cache.shape[1], window)
+        key = (b.query.shape[1], b.key_cache.shape[2], b.key_cache.shape[1], b.key_cache.dtype, window)
         # Planners are reused, as a backend reuses one.
         planners.setdefault(key, new_planner(b, sliding_window=window))
         try:
@@ -197,7 +215,7 @@ def test_fuzz_hybrid_batches():
         except AssertionError as e:
             lens = list(zip((b.query_start_loc[1:] - b.query_start_loc[:-1]).tolist(), b.seq_lens.tolist()))
             raise AssertionError(f"fuzz batch {i} (q_len, seq_len)={lens} block={key[2]} "
-                                 f"{options} window plan {window}: {e}") from e
+                                 f"{b.key_cache.dtype} {options} window plan {window}: {e}") from e
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -290,6 +308,30 @@ def test_bad_feature_options_raise_clear_errors():
     for other in (None, 16):
         with pytest.raises(ValueError, match="made for sliding window 8"):
             pod_attention(*args, window_plan, b.scale, sliding_window=other)
+
+
+def test_bad_fp8_inputs_raise_clear_errors():
+    from vllm_pod.ops import pod_attention
+    b16 = make_batch([20], [(4, 10)], num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,
+                     dtype=torch.bfloat16, device="cuda")
+    b = quantize_fp8(b16, per_head=False)
+    plan = plan_batch(new_planner(b), b)
+    q_d, k_d, v_d = b.descales
+    cases = [
+        # A 16-bit query beside an fp8 cache (FLASH_ATTN's layers quantize it).
+        ((b.out_like(), b16.query, b.key_cache, b.value_cache), b.fp8_options(), "share one dtype"),
+        ((b.out_like(), b.query, b.key_cache, b.value_cache), {}, "needs q/k/v descales"),
+        ((b.out_like(), b.query, b.key_cache, b.value_cache),
+         dict(q_descale=q_d, k_descale=torch.ones(3, device="cuda"), v_descale=v_d), "one per KV head"),
+        ((b.out_like(), b.query, b.key_cache, b.value_cache),
+         dict(q_descale=torch.ones(2, device="cuda"), k_descale=k_d, v_descale=v_d), "all be per tensor or all per KV head"),
+        ((torch.empty(b.query.shape, dtype=torch.float32, device="cuda"), b.query, b.key_cache,
+          b.value_cache), b.fp8_options(), "float16/bfloat16 beside an fp8 query"),
+        ((b16.out_like(), b16.query, b16.key_cache, b16.value_cache), b.fp8_options(), "for an fp8 KV cache only"),
+    ]
+    for args, descales, match in cases:
+        with pytest.raises(RuntimeError, match=match):
+            pod_attention(*args, b.block_table, plan, b.scale, **descales)
 
 
 def test_kv_cache_strides_beyond_32_bit_offsets_raise():

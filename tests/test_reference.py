@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vllm_pod.reference import reference_attention
-from vllm_pod.testing import KV_LAYOUTS, make_batch, sub_batch
+from vllm_pod.testing import KV_LAYOUTS, make_batch, quantize_fp8, sub_batch
 
 
 def naive_attention(b, window=None, soft_cap=None, sinks=None):
@@ -65,6 +65,29 @@ def test_reference_features_match_naive_loop(window, soft_cap, with_sinks):
     plain = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
                                 b.query_start_loc, b.seq_lens, b.scale)
     assert (ref - plain).abs().max() > 1e-3, "the feature changes the output"
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_reference_dequantizes_fp8_as_the_naive_loop_on_dequantized_values(per_head):
+    b = make_batch([1, 16, 17], [(5, 5), (3, 40), (12, 30)], num_q_heads=4, num_kv_heads=2,
+                   head_dim=16, block_size=16, dtype=torch.float32, seed=6)
+    q8 = quantize_fp8(b, per_head=per_head, seed=6)
+    group = 2
+    q_d, k_d, v_d = (d.expand(2) for d in q8.descales)
+    if per_head:
+        assert not torch.equal(q_d[0], q_d[1]), "per-head descales differ"
+    dequantized = make_batch([1, 16, 17], [(5, 5), (3, 40), (12, 30)], num_q_heads=4, num_kv_heads=2,
+                             head_dim=16, block_size=16, dtype=torch.float32, seed=6)
+    dequantized.query = q8.query.float() * q_d.repeat_interleave(group)[:, None]
+    dequantized.key_cache = q8.key_cache.float() * k_d[:, None]
+    dequantized.value_cache = q8.value_cache.float() * v_d[:, None]
+    ref = reference_attention(q8.query, q8.key_cache, q8.value_cache, q8.block_table,
+                              q8.query_start_loc, q8.seq_lens, q8.scale, descales=q8.descales)
+    torch.testing.assert_close(ref.double(), naive_attention(dequantized), atol=1e-5, rtol=1e-5)
+    # Quantized with descales near absmax / 448: within e4m3's rounding of the original.
+    plain = reference_attention(b.query, b.key_cache, b.value_cache, b.block_table,
+                                b.query_start_loc, b.seq_lens, b.scale)
+    assert (ref - plain).abs().max() < 0.2
 
 
 def test_reference_rejects_nothing_silently():

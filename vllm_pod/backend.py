@@ -48,6 +48,7 @@ from vllm.v1.kv_cache_interface import AttentionSpec, SlidingWindowSpec
 from vllm_pod import compat
 from vllm_pod.ops import (
     BUILD_COMMAND,
+    FP8_KV_CACHE_DTYPES,
     SUPPORTED_BLOCK_SIZES,
     SUPPORTED_DTYPES,
     SUPPORTED_HEAD_SIZES,
@@ -70,8 +71,9 @@ POD_STATS: Counter[str] = Counter()
 
 class PodAttentionBackend(AttentionBackend):
     supported_dtypes: ClassVar[list[torch.dtype]] = list(SUPPORTED_DTYPES)
-    # No fp8 KV cache: the kernel reads fp16/bf16 pages only.
-    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "float16", "bfloat16"]
+    # fp8 is e4m3 (FLASH_ATTN's FA3 takes no e5m2), on compute capability 9.0 only.
+    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "float16", "bfloat16",
+                                                      *FP8_KV_CACHE_DTYPES]
     # The KV write is a separate op (do_kv_cache_update), as in FLASH_ATTN.
     forward_includes_kv_cache_update: bool = False
 
@@ -117,7 +119,11 @@ class PodAttentionBackend(AttentionBackend):
         configuration comes from the current VllmConfig."""
         capability = selector["device_capability"]
         reasons = [r for r in super().validate_configuration(**selector)
-                   if r != "compute capability not supported"]
+                   if r not in ("compute capability not supported", "kv_cache_dtype not supported")]
+        if not cls.supports_kv_cache_dtype(selector.get("kv_cache_dtype")):
+            reasons.append(f"POD attention supports KV cache dtypes "
+                           f"{'/'.join(cls.supported_kv_cache_dtypes)}, not "
+                           f"{selector['kv_cache_dtype']}")
         if not cls.supports_compute_capability(capability):
             reasons.append(f"POD attention runs on compute capability 8.x (A100) and 9.0 "
                            f"(H100/H200), not {capability.major}.{capability.minor}")
@@ -125,6 +131,15 @@ class PodAttentionBackend(AttentionBackend):
             # Single-phase batches run FLASH_ATTN's impl, whose sinks need FlashAttention 3.
             reasons.append("POD attention supports attention sinks on compute capability 9.0 "
                            "(H100/H200) only")
+        if selector.get("kv_cache_dtype") in FP8_KV_CACHE_DTYPES:
+            if capability.major != 9:
+                reasons.append("POD attention supports an fp8 KV cache on compute capability 9.0 "
+                               "(H100/H200) only, as FLASH_ATTN's FA3 does")
+            if selector["dtype"] != torch.bfloat16:
+                # FA3 writes fp8 attention's output in bf16 only.
+                reasons.append("POD attention supports an fp8 KV cache in bfloat16 models only "
+                               "(FLASH_ATTN's FA3, which runs single-phase batches, writes its "
+                               "fp8 output in bf16)")
         if selector.get("has_sink") and selector["dtype"] == torch.float16:
             # Models keep their sinks in the model's dtype; FA3 takes bf16 sinks only.
             reasons.append("POD attention supports attention sinks in bfloat16 models only "
@@ -381,10 +396,19 @@ class PodAttentionImpl(AttentionImpl[PodAttentionMetadata]):
         self.logits_soft_cap = logits_soft_cap or None
         # The layer's parameter itself (its weights load later), read by the kernel in its dtype.
         self.sinks = sinks
+        self.fp8 = kv_cache_dtype in FP8_KV_CACHE_DTYPES
         # Single-phase batches run through FLASH_ATTN's impl on FLASH_ATTN's metadata.
         self.fa_impl = FlashAttentionImpl(num_heads, head_size, scale, num_kv_heads, None,
                                           sliding_window, kv_cache_dtype, logits_soft_cap,
                                           attn_type, kv_sharing_target_layer_name, sinks=sinks)
+        # With an fp8 cache the layer quantizes the query to e4m3 for FA3, as for FLASH_ATTN;
+        # the fused kernel takes the same query, so it needs a FLASH_ATTN that asks for it.
+        self.supports_quant_query_input = self.fa_impl.supports_quant_query_input
+        if self.fp8 and not self.supports_quant_query_input:
+            raise NotImplementedError(
+                "POD attention's fp8 KV cache takes the e4m3 query that FLASH_ATTN's FA3 takes; "
+                "this vLLM's FLASH_ATTN takes a 16-bit query here (FA4's fp8 path): serve "
+                "with --kv-cache-dtype auto, or with FLASH_ATTN")
 
     def forward(
         self,
@@ -409,9 +433,13 @@ class PodAttentionImpl(AttentionImpl[PodAttentionMetadata]):
         n = attn_metadata.num_actual_tokens
         # (blocks, kv heads, block size, 2*D) -> two (blocks, block size, kv heads, D) views.
         key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
+        descales = {}
+        if self.fp8:
+            descales = dict(q_descale=layer._q_scale, k_descale=layer._k_scale,
+                            v_descale=layer._v_scale)
         pod_attention(output[:n], query[:n], key_cache, value_cache, attn_metadata.block_table,
                       attn_metadata.plan, self.scale, logits_soft_cap=self.logits_soft_cap,
-                      sliding_window=self.window, sinks=self.sinks)
+                      sliding_window=self.window, sinks=self.sinks, **descales)
         POD_STATS["fused_calls"] += 1
         return output
 

@@ -7,7 +7,9 @@ The optional features follow vLLM's FLASH_ATTN backend:
 - sliding_window W: a token sees only the last W positions, its own included (keys > pos - W);
 - logits_soft_cap c: scaled scores s become c * tanh(s / c) before the softmax;
 - sinks: one logit per query head (natural log units) that joins every row's softmax
-  denominator without a value: rows are scaled by sum / (sum + exp(sink)).
+  denominator without a value: rows are scaled by sum / (sum + exp(sink));
+- descales (q, k, v) of an fp8 cache and query, each one float or one per KV head: the stored
+  values times their descale are the ones attended with.
 """
 
 from __future__ import annotations
@@ -26,10 +28,21 @@ def reference_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cach
                         block_table: torch.Tensor, query_start_loc: torch.Tensor,
                         seq_lens: torch.Tensor, softmax_scale: float, *,
                         sliding_window: int | None = None, logits_soft_cap: float | None = None,
-                        sinks: torch.Tensor | None = None) -> torch.Tensor:
+                        sinks: torch.Tensor | None = None,
+                        descales: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """Returns float32 [num_tokens, num_q_heads, D]; rows of no request stay NaN."""
     out = torch.full(query.shape, float("nan"), dtype=torch.float32, device=query.device)
-    group = query.shape[1] // key_cache.shape[2]
+    num_kv_heads = key_cache.shape[2]
+    group = query.shape[1] // num_kv_heads
+    if descales is not None:
+        def dequantize(x, scale, heads_dim, per_head):
+            shape = [1] * x.dim()
+            shape[heads_dim] = -1
+            scale = scale.float().to(x.device).expand(num_kv_heads).repeat_interleave(per_head)
+            return x.float() * scale.view(shape)
+        query = dequantize(query, descales[0], 1, group)
+        key_cache = dequantize(key_cache, descales[1], 2, 1)
+        value_cache = dequantize(value_cache, descales[2], 2, 1)
     qsl, lens = query_start_loc.tolist(), seq_lens.tolist()
     for r, seq_len in enumerate(lens):
         q0, q1 = qsl[r], qsl[r + 1]

@@ -23,6 +23,20 @@ class Batch:
     seq_lens: torch.Tensor       # [num_reqs] int32
     num_decodes: int
     scale: float
+    # An fp8 batch (quantize_fp8): the model's dtype, which out takes, and the (q, k, v) descales.
+    out_dtype: torch.dtype | None = None
+    descales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def out_like(self) -> torch.Tensor:
+        """An output for the batch, poisoned with NaN."""
+        return torch.full(self.query.shape, float("nan"), dtype=self.out_dtype or self.query.dtype,
+                          device=self.query.device)
+
+    def fp8_options(self) -> dict:
+        """The op's descale keywords (none unless fp8)."""
+        if self.descales is None:
+            return {}
+        return dict(zip(("q_descale", "k_descale", "v_descale"), self.descales))
 
 
 def kv_cache_views(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
@@ -74,6 +88,31 @@ def make_batch(decode_lens: list[int], prefills: list[tuple[int, int]], *, num_q
                  num_decodes=len(decode_lens), scale=head_dim ** -0.5)
 
 
+def quantize_fp8(b: Batch, *, per_head: bool, seed: int = 0) -> Batch:
+    """b with its query and caches in e4m3 as vLLM stores them (value / descale, saturated), with
+    random descales near each tensor's absmax / 448, one per tensor or per KV head."""
+    gen = torch.Generator(device=b.query.device).manual_seed(seed)
+    num_kv_heads = b.key_cache.shape[2]
+    fp8 = torch.float8_e4m3fn
+    limit = torch.finfo(fp8).max
+
+    def quantize(x: torch.Tensor, heads_dim: int, group: int):
+        n = num_kv_heads if per_head else 1
+        descale = (x.float().abs().amax() / limit) * (0.5 + torch.rand(n, generator=gen, device=x.device))
+        shape = [1] * x.dim()
+        shape[heads_dim] = -1
+        per_row = descale.expand(num_kv_heads).repeat_interleave(group).view(shape)
+        return (x.float() / per_row).clamp(-limit, limit).to(fp8), descale.contiguous()
+
+    group = b.query.shape[1] // num_kv_heads
+    query, q_descale = quantize(b.query, 1, group)
+    key_cache, k_descale = quantize(b.key_cache, 2, 1)
+    value_cache, v_descale = quantize(b.value_cache, 2, 1)
+    return Batch(query=query, key_cache=key_cache, value_cache=value_cache, block_table=b.block_table,
+                 query_start_loc=b.query_start_loc, seq_lens=b.seq_lens, num_decodes=b.num_decodes,
+                 scale=b.scale, out_dtype=b.query.dtype, descales=(q_descale, k_descale, v_descale))
+
+
 def sub_batch(b: Batch, reqs: slice) -> Batch:
     """Requests reqs (a contiguous range) of b as a batch of their own, sharing b's caches."""
     qsl = b.query_start_loc
@@ -81,13 +120,14 @@ def sub_batch(b: Batch, reqs: slice) -> Batch:
     return Batch(query=b.query[lo:hi], key_cache=b.key_cache, value_cache=b.value_cache,
                  block_table=b.block_table[reqs], query_start_loc=(qsl[reqs.start:reqs.stop + 1] - lo).contiguous(),
                  seq_lens=b.seq_lens[reqs].contiguous(),
-                 num_decodes=max(0, min(b.num_decodes, reqs.stop) - reqs.start), scale=b.scale)
+                 num_decodes=max(0, min(b.num_decodes, reqs.stop) - reqs.start), scale=b.scale,
+                 out_dtype=b.out_dtype, descales=b.descales)
 
 
 def batch_shape(b: Batch) -> dict:
-    """The shape keywords make_batch took for b (and device_planner takes)."""
+    """The shape keywords device_planner takes for b (dtype: the KV cache's)."""
     return dict(num_q_heads=b.query.shape[1], num_kv_heads=b.key_cache.shape[2],
-                head_dim=b.query.shape[2], block_size=b.key_cache.shape[1], dtype=b.query.dtype)
+                head_dim=b.query.shape[2], block_size=b.key_cache.shape[1], dtype=b.key_cache.dtype)
 
 
 def device_planner(*, num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,

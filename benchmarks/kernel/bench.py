@@ -27,9 +27,15 @@ Three batch lists:
   a logits soft-cap, attention sinks or head dim 96, at their shapes, with FA3 given the same
   features.
 
+With --kv-cache-dtype fp8 every list runs on an e4m3 KV cache and query (per-tensor descales, as
+vLLM quantizes them) against FA3's fp8 path; --fp8-decode times decodes alone at 8K to 128K
+tokens, POD and FA3 each on a bf16 and an fp8 cache.
+
     python -m benchmarks.kernel.bench --out benchmarks/results/kernel_h200.csv
     python -m benchmarks.kernel.bench --wide --out benchmarks/results/kernel_wide_h200.csv
     python -m benchmarks.kernel.bench --features --out benchmarks/results/kernel_features_h200.csv
+    python -m benchmarks.kernel.bench --kv-cache-dtype fp8 --out benchmarks/results/kernel_fp8_h200.csv
+    python -m benchmarks.kernel.bench --fp8-decode --out benchmarks/results/kernel_fp8_decode_h200.csv
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import torch
 
 from vllm_pod.ops import pod_attention
 from vllm_pod.plan import PodPlanner
-from vllm_pod.testing import Batch, device_planner, make_batch, plan_batch, sub_batch
+from vllm_pod.testing import Batch, device_planner, make_batch, plan_batch, quantize_fp8, sub_batch
 
 SHAPE = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
 CHUNKS = (512, 1024, 2048)
@@ -68,6 +74,11 @@ class HybridBatch:
     columns: dict = field(default_factory=dict)
     # The layer's attention features: sliding_window, logits_soft_cap, sinks (True: random ones).
     features: dict = field(default_factory=dict)
+    fp8: bool = False  # an e4m3 KV cache and query
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        return torch.float8_e4m3fn if self.fp8 else self.shape["dtype"]
 
     @property
     def num_tokens(self) -> int:
@@ -81,15 +92,16 @@ class HybridBatch:
 
     @property
     def decode_bytes(self) -> float:
-        """K and V bytes the decodes read (2 bytes per element)."""
+        """K and V bytes the decodes read."""
         s = self.shape
-        return 2 * sum(self.decodes) * s["num_kv_heads"] * s["head_dim"] * 2
+        return 2 * sum(self.decodes) * s["num_kv_heads"] * s["head_dim"] * (1 if self.fp8 else 2)
 
     def make(self, device="cuda") -> Batch:
         """The batch, decodes first (as vLLM orders them), random values seeded by its size."""
         seed = sum(c + p for c, p in self.prefills) + len(self.decodes)
-        return make_batch(self.decodes, [(c, p + c) for c, p in self.prefills], device=device, seed=seed,
-                          **self.shape)
+        b = make_batch(self.decodes, [(c, p + c) for c, p in self.prefills], device=device, seed=seed,
+                       **self.shape)
+        return quantize_fp8(b, per_head=False, seed=seed) if self.fp8 else b
 
     def op_features(self) -> dict:
         """The op's options for this batch: sinks become one bf16 logit per query head (what FA3
@@ -207,11 +219,17 @@ class FA3:
         from vllm.vllm_flash_attn import flash_attn_varlen_func, get_scheduler_metadata
         self.fn = flash_attn_varlen_func
         self.q = b.query
-        self.out = torch.empty_like(self.q)
+        self.out = b.out_like()
         self.k, self.v = b.key_cache, b.value_cache
         self.cu_q = b.query_start_loc
         self.seqused_k = b.seq_lens
         self.block_table = b.block_table
+        # An fp8 cache: FLASH_ATTN's descales, expanded to (requests, KV heads).
+        self.descales = {}
+        if b.descales is not None:
+            shape = (len(b.seq_lens), b.key_cache.shape[2])
+            self.descales = {name: d.expand(shape) for name, d in
+                             zip(("q_descale", "k_descale", "v_descale"), b.descales)}
         q_lens = self.cu_q[1:] - self.cu_q[:-1]
         self.max_q, self.max_k = int(q_lens.max()), int(self.seqused_k.max())
         self.scale = b.scale
@@ -230,7 +248,7 @@ class FA3:
                 max_seqlen_q=self.max_q, seqused_k=self.seqused_k, max_seqlen_k=self.max_k,
                 softmax_scale=self.scale, causal=True, block_table=self.block_table,
                 window_size=self.window, softcap=self.softcap, s_aux=self.sinks,
-                scheduler_metadata=self.meta, fa_version=3)
+                scheduler_metadata=self.meta, fa_version=3, **self.descales)
         return self.out
 
 
@@ -250,7 +268,7 @@ def pod_call(b, plan, out, **features):
     """POD's op on batch b under plan, into out (features: the op's options): a callable to time
     or capture."""
     return lambda: pod_attention(out, b.query, b.key_cache, b.value_cache, b.block_table, plan, b.scale,
-                                 **features)
+                                 **b.fp8_options(), **features)
 
 
 def max_abs_diff(a, b) -> float:
@@ -268,12 +286,13 @@ def bench_batch(spec: HybridBatch, planner_options: dict, iters: int) -> dict:
         # Each part gets its own planner: a plan lives in its planner's buffers, which a CUDA
         # graph captures by address.
         plans[suffix] = plan_batch(new_planner(spec, **planner_options), part)
-        out = torch.full_like(part.query, float("nan"))
+        out = part.out_like()
         run_pod = pod_call(part, plans[suffix], out, **features)
         fa3 = FA3(part, **features)
         run_pod()
         diff = max_abs_diff(out, fa3())
-        if not diff < 3e-2:
+        # FA3's fp8 path rounds probabilities to e4m3 (POD to fp16): a looser bound there.
+        if not diff < (1e-1 if spec.fp8 else 3e-2):
             raise AssertionError(f"POD{suffix} differs from FA3 by {diff} on {spec.columns}")
         err = max(err, diff)
         t["pod" + suffix], t["fa3" + suffix] = time_graph(run_pod, iters), time_graph(fa3, iters)
@@ -302,6 +321,7 @@ def new_planner(spec: HybridBatch | None = None, **options) -> PodPlanner:
     if spec is not None:
         shape, tokens, reqs = spec.shape, spec.num_tokens, len(spec.decodes) + len(spec.prefills)
         window = spec.features.get("sliding_window")
+        shape = shape | dict(dtype=spec.cache_dtype)
     return device_planner(**shape, max_num_reqs=max(256, reqs), max_num_tokens=max(4096, tokens),
                           sliding_window=window, **options)
 
@@ -309,7 +329,7 @@ def new_planner(spec: HybridBatch | None = None, **options) -> PodPlanner:
 def pod_times(spec: HybridBatch, planner_options: list[dict], iters: int) -> list[float]:
     """POD's time alone under each planner (tuning: no vLLM needed; correctness is the tests' job)."""
     b = spec.make()
-    out = torch.full_like(b.query, float("nan"))
+    out = b.out_like()
     features = spec.op_features()
     return [time_graph(pod_call(b, plan_batch(new_planner(spec, **options), b), out, **features), iters)
             for options in planner_options]
@@ -344,10 +364,43 @@ def summarize(rows: list[dict]) -> dict:
 
 def batches_from_args(args) -> list[HybridBatch]:
     if args.only:
-        return [grid_batch(*(int(x) for x in args.only.split(",")))]
-    if args.features:
-        return feature_batches()[::args.stride]
-    return (wide_batches() if args.wide else grid())[::args.stride]
+        batches = [grid_batch(*(int(x) for x in args.only.split(",")))]
+    elif args.features:
+        batches = feature_batches()[::args.stride]
+    else:
+        batches = (wide_batches() if args.wide else grid())[::args.stride]
+    for spec in batches:
+        spec.fp8 = args.kv_cache_dtype == "fp8"
+    return batches
+
+
+FP8_DECODES = [(128, 8192), (64, 16384), (32, 32768), (16, 65536), (8, 131072)]
+
+
+def fp8_decode_rows(iters: int) -> list[dict]:
+    """Decodes alone (SHAPE): POD and FA3 on a bf16 cache and on an fp8 one, and the speed-up fp8
+    gives each (the bytes halve)."""
+    rows = []
+    for n, ctx in FP8_DECODES:
+        t = {}
+        for fp8 in (False, True):
+            spec = HybridBatch([], [ctx] * n, fp8=fp8)
+            b = spec.make()
+            out = b.out_like()
+            kind = "fp8" if fp8 else "bf16"
+            t["pod_" + kind] = time_graph(pod_call(b, plan_batch(new_planner(spec), b), out), iters)
+            t["fa3_" + kind] = time_graph(FA3(b), iters)
+            t["bytes_" + kind] = spec.decode_bytes
+            del b, out
+        rows.append(dict(decodes=n, decode_ctx=ctx, pod_bf16_us=t["pod_bf16"], pod_fp8_us=t["pod_fp8"],
+                         fa3_bf16_us=t["fa3_bf16"], fa3_fp8_us=t["fa3_fp8"],
+                         pod_fp8_speedup=t["pod_bf16"] / t["pod_fp8"],
+                         fa3_fp8_speedup=t["fa3_bf16"] / t["fa3_fp8"],
+                         pod_fp8_over_fa3_fp8=t["pod_fp8"] / t["fa3_fp8"],
+                         pod_fp8_tbps=t["bytes_fp8"] / t["pod_fp8"] / 1e6,
+                         fa3_fp8_tbps=t["bytes_fp8"] / t["fa3_fp8"] / 1e6))
+        print(rows[-1], flush=True)
+    return rows
 
 
 def main():
@@ -357,6 +410,10 @@ def main():
     tables.add_argument("--wide", action="store_true", help="the wide table instead of the grid")
     tables.add_argument("--features", action="store_true",
                         help="the feature table (sliding window, soft-cap, sinks) instead of the grid")
+    tables.add_argument("--fp8-decode", action="store_true",
+                        help="decodes alone on bf16 and fp8 caches, POD and FA3 (the fp8 speed-up)")
+    ap.add_argument("--kv-cache-dtype", choices=("auto", "fp8"), default="auto",
+                    help="fp8: an e4m3 KV cache and query, against FA3's fp8 path")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--stride", type=int, default=1, help="time every STRIDE-th batch only")
     ap.add_argument("--pod-only", action="store_true", help="time POD alone and print; no FA3, no files")
@@ -372,6 +429,19 @@ def main():
         ap.error("several --planner options need --pod-only")
 
     planner_options = [planner_kwargs(opts) for opts in args.planner or [None]]
+    if args.fp8_decode:
+        rows = fp8_decode_rows(args.iters)
+        summary = dict(gpu=torch.cuda.get_device_properties(0).name, date=time.strftime("%Y-%m-%d"),
+                       torch=torch.__version__, batches="fp8 decode",
+                       geomean_pod_fp8_speedup=geomean([r["pod_fp8_speedup"] for r in rows]),
+                       geomean_fa3_fp8_speedup=geomean([r["fa3_fp8_speedup"] for r in rows]),
+                       geomean_pod_fp8_over_fa3_fp8=geomean([r["pod_fp8_over_fa3_fp8"] for r in rows]))
+        print(json.dumps(summary, indent=1))
+        if args.out:
+            write_csv(args.out, rows)
+            with open(args.out.rsplit(".", 1)[0] + ".json", "w") as f:
+                json.dump(summary, f, indent=2)
+        return
     batches = batches_from_args(args)
     if args.pod_only:
         names = [",".join(f"{k}={v}" for k, v in (o or {}).items()) or "default" for o in args.planner or [None]]
@@ -393,6 +463,7 @@ def main():
     summary = dict(gpu=torch.cuda.get_device_properties(0).name, date=time.strftime("%Y-%m-%d"),
                    torch=torch.__version__,
                    batches="wide" if args.wide else "features" if args.features else "grid",
+                   kv_cache_dtype=args.kv_cache_dtype,
                    shape=None if args.wide or args.features else {k: str(v) for k, v in SHAPE.items()},
                    ctas_per_sm=planner.ctas_per_sm, prefill_tile_rows=planner.prefill_rows,
                    split_targets=planner.split_targets, min_decode_slots=planner.min_decode_slots,

@@ -66,8 +66,9 @@ struct WarpState {
 
   // Sums l over the quad, normalises o in place and returns each row's log2-sum-exp (-inf if empty).
   // sink_log2: per row, a logit (log2 units) that joins the denominator without a value, or -inf.
+  // out_scale: a factor on every output (an fp8 cache's v descale).
   __device__ __forceinline__ void finalize(float scale_log2, float (&lse)[M][2],
-                                           const float (&sink_log2)[M][2]) {
+                                           const float (&sink_log2)[M][2], float out_scale) {
 #pragma unroll
     for (int mt = 0; mt < M; ++mt)
 #pragma unroll
@@ -76,7 +77,8 @@ struct WarpState {
         sum += __shfl_xor_sync(0xffffffff, sum, 1);
         sum += __shfl_xor_sync(0xffffffff, sum, 2);
         const float mx = m[mt][r] * scale_log2;
-        const float inv = inverse_denominator(sum, mx, sink_log2[mt][r]);
+        float inv = inverse_denominator(sum, mx, sink_log2[mt][r]);
+        if constexpr (Cfg::kFp8) inv *= out_scale;
         // Without the sink: only KV-split parts, which carry none, write their lse.
         lse[mt][r] = sum > 0.f ? mx + __log2f(sum) : -INFINITY;
 #pragma unroll
@@ -107,6 +109,23 @@ template <class Loop>
 __device__ __forceinline__ void with_softcap(const PodParams& p, Loop&& loop) {
   if (p.softcap_in != 0.f) loop(std::true_type{});
   else loop(std::false_type{});
+}
+// Runs body(params) with the params an item is computed with: for an fp8 cache, its KV head's
+// descales folded in (q x k into the scores' scale, v into out_scale), else p itself.
+template <class Cfg, class Body>
+__device__ __forceinline__ void with_item_scales(const PodParams& p, const WorkItem& it, Body&& body) {
+  if constexpr (Cfg::kFp8) {
+    PodParams scaled = p;
+    const int i = it.kv_head * p.descale_stride;
+    const float qk = __ldg(p.q_descale + i) * __ldg(p.k_descale + i);
+    // The soft-cap takes the raw score (the scale after it); without one the scale takes it all.
+    if (p.softcap_in != 0.f) scaled.softcap_in *= qk;
+    else scaled.scale_log2 *= qk;
+    scaled.out_scale = __ldg(p.v_descale + i);
+    body(static_cast<const PodParams&>(scaled));
+  } else {
+    body(p);
+  }
 }
 // Runs step(ScoreMods<masked, kSoftcap>{}).
 template <bool kSoftcap, class Step>

@@ -1,7 +1,9 @@
 // Host side of one (dtype, head dim) instantiation: which tile configuration the device runs,
 // launch configuration and occupancy.
 #pragma once
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
+#include <type_traits>
 #include "../pod_attention.h"
 #include "pod_kernel_sm90.cuh"
 #include "tile_config.cuh"
@@ -34,10 +36,17 @@ inline bool hopper_device() {
 #endif
 }
 
-// Calls f(Cfg{}) with the configuration the current device runs.
+// Calls f(Cfg{}) with the configuration the current device runs. T is the cache's element type:
+// __nv_fp8_e4m3 runs the fp8 configuration, which only the Hopper build has (the op refuses it
+// elsewhere; FLASH_ATTN's fp8 path, which runs single-phase batches, needs Hopper too).
 template <typename T, int D, class F>
 cudaError_t with_config(F&& f) {
-  return hopper_device() ? f(TileConfig<T, D, true>{}) : f(TileConfig<T, D, false>{});
+  if constexpr (std::is_same_v<T, __nv_fp8_e4m3>) {
+    if (!hopper_device()) return cudaErrorNotSupported;
+    return f(TileConfig<__half, D, true, true>{});
+  } else {
+    return hopper_device() ? f(TileConfig<T, D, true>{}) : f(TileConfig<T, D, false>{});
+  }
 }
 
 // The kernel Cfg runs on, its block size and its dynamic shared memory: the warp-specialized

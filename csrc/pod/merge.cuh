@@ -29,11 +29,23 @@ __device__ __forceinline__ float sink_log2(const PodParams& p, const WorkItem& i
   return sink * 1.4426950408889634f;  // log2(e)
 }
 
-// Writes normalised rows of an item: to `out` (as T) when the item is unsplit, else to its
+// Two output values at (row, d) of an item in `out`: as T, or for an fp8 cache (whose math runs in
+// fp16) in the model's dtype.
+template <class Cfg>
+__device__ __forceinline__ void store_out2(const PodParams& p, const WorkItem& it, int row, int d,
+                                           float v0, float v1) {
+  using T = typename Cfg::T;
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<T>(p, it, row, d));  // both 16-bit types
+  if constexpr (Cfg::kFp8)
+    *dst = p.out_bf16 ? pack2<__nv_bfloat16>(v0, v1) : pack2<__half>(v0, v1);
+  else
+    *dst = pack2<T>(v0, v1);
+}
+
+// Writes normalised rows of an item: to `out` (store_out2) when the item is unsplit, else to its
 // partial-output rows in the fp32 workspace together with the row's log2-sum-exp.
 template <class Cfg>
 struct RowSink {
-  using T = typename Cfg::T;
   const PodParams& p;
   const WorkItem& it;
 
@@ -41,7 +53,7 @@ struct RowSink {
     if (it.slot >= 0) {
       *reinterpret_cast<float2*>(p.partial_o + int64_t(it.slot + r) * Cfg::D + d) = make_float2(v0, v1);
     } else if (d < p.head_dim) {
-      *reinterpret_cast<uint32_t*>(out_at<T>(p, it, r, d)) = pack2<T>(v0, v1);
+      store_out2<Cfg>(p, it, r, d, v0, v1);
     }
   }
   __device__ __forceinline__ void put_lse(int r, float lse) const {
@@ -66,7 +78,7 @@ __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const Row
       const int row = Cfg::prefill_row(warp, mt0 + mt) + (lane >> 2) + 8 * r;
       sinks[mt][r] = row < used ? sink.sink(row) : -INFINITY;
     }
-  st.finalize(sink.p.scale_log2, lse, sinks);
+  st.finalize(sink.p.scale_log2, lse, sinks, sink.p.out_scale);
 #pragma unroll
   for (int mt = 0; mt < M; ++mt)
 #pragma unroll
@@ -92,7 +104,7 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const 
   if (warp < Cfg::kDecodeWarps) {
     float lse[1][2];
     const float no_sinks[1][2] = {{-INFINITY, -INFINITY}};
-    st.finalize(sink.p.scale_log2, lse, no_sinks);
+    st.finalize(sink.p.scale_log2, lse, no_sinks, sink.p.out_scale);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = (lane >> 2) + 8 * r;
@@ -133,7 +145,6 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const 
 template <class Cfg, class Team>
 __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem& it, int used,
                                              float* scratch, int* s_flag, const Team& team) {
-  using T = typename Cfg::T;
   constexpr int D = Cfg::D, kThreads = Team::kThreads;
   __threadfence();
   team.sync();
@@ -207,9 +218,8 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
       if (base + u * kThreads >= n) break;
       if (d[u] >= p.head_dim) continue;
       const float inv = s_inv[row[u]];
-      uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<T>(p, it, row[u], d[u]));
-      dst[0] = pack2<T>(acc[u].x * inv, acc[u].y * inv);
-      dst[1] = pack2<T>(acc[u].z * inv, acc[u].w * inv);
+      store_out2<Cfg>(p, it, row[u], d[u], acc[u].x * inv, acc[u].y * inv);
+      store_out2<Cfg>(p, it, row[u], d[u] + 2, acc[u].z * inv, acc[u].w * inv);
     }
   }
 }

@@ -73,6 +73,17 @@ struct PodParams {
   // row's softmax denominator; null without.
   const void* sinks;
   int sinks_dtype;
+
+  // fp8 KV cache (fp8 instantiations only): vLLM's descales, one float per KV head at
+  // descale_stride (0: one per tensor); scores are multiplied by q x k, outputs by v. The output's
+  // dtype is the model's: bf16 when out_bf16, else fp16.
+  const float* q_descale;
+  const float* k_descale;
+  const float* v_descale;
+  int descale_stride;
+  int out_bf16;
+  // The item's v descale, which finalize folds into each row's normaliser; 1 where no fp8 cache.
+  float out_scale;
 };
 constexpr int kNoWindow = 1 << 30;  // pos - kNoWindow stays below every key without overflow
 enum SinksDtype { kSinksFloat = 0, kSinksBf16 = 1, kSinksHalf = 2 };

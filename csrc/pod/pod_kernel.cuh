@@ -43,10 +43,16 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   using KVLayout = SwzLayout<Cfg>;
 #endif
   constexpr int kStages = kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
+  constexpr int kTileElems = kKeys * Cfg::D;
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sKV = sQ + kRows * Cfg::D;  // the K/V ring, [stage][K|V][keys][D]
-  auto sK = [&](int stage) { return sKV + (2 * stage) * kKeys * Cfg::D; };
-  auto sV = [&](int stage) { return sKV + (2 * stage + 1) * kKeys * Cfg::D; };
+  // 16-bit caches: the K/V ring, [stage][K|V][keys][D]. fp8 caches: one 16-bit [K|V] tile that
+  // the math reads, then the ring of byte stages it is converted from (the same shared memory).
+  T* sKV = sQ + kRows * Cfg::D;
+  uint8_t* staged = reinterpret_cast<uint8_t*>(sKV + 2 * kTileElems);
+  auto sK = [&](int stage) { return sKV + (Cfg::kFp8 ? 0 : 2 * stage * kTileElems); };
+  auto sV = [&](int stage) { return sK(stage) + kTileElems; };
+  auto stK = [&](int stage) { return staged + 2 * stage * kTileElems; };
+  auto stV = [&](int stage) { return stK(stage) + kTileElems; };
 
   const int warp = team.warp(), lane = threadIdx.x & 31;
   const int used = it.n_tok * it.nh;
@@ -59,17 +65,32 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   WarpState<Cfg, kM> st;
   st.init();
   const int num_tiles = num_kv_tiles(it, kKeys);
-  load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
   // One commit group per K/V tile, into its stage of the ring: waiting for tile t leaves the (up
   // to kStages - 2) newer ones in flight.
   auto load_tile = [&](int t) {
-    load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, it.kv_start + t * kKeys,
-                                       team.tid);
+    const int tile_start = it.kv_start + t * kKeys;
+    if constexpr (Cfg::kFp8)
+      copy_kv_tile_fp8<Cfg, kKeys>(stK(t % kStages), stV(t % kStages), p, it, tile_start, team.tid);
+    else
+      load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, tile_start, team.tid);
     cp_async_commit();
   };
+  if constexpr (Cfg::kFp8) {
+    // The query's bytes pass through the last stage, free until the loop refills it after its
+    // first barrier; each thread converts the chunks it copied.
+    static_assert(kRows <= 2 * kKeys, "the query's bytes fit one stage");
+    copy_query_rows_fp8<Cfg>(stK(kStages - 1), p, it, kRows, team.tid);
+    cp_async_commit();
+    const int ahead = min(num_tiles, kStages - 1);  // every item has at least one tile
+    for (int t = 0; t < ahead; ++t) load_tile(t);
+    cp_async_wait_newest<kStages - 1>(ahead);
+    convert_query_rows_fp8<Cfg, QLayout>(stK(kStages - 1), sQ, kRows, team.tid);
+  } else {
+    load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
 #pragma unroll
-  for (int t = 0; t < kStages - 1; ++t)
-    if (t == 0 || t < num_tiles) load_tile(t);  // every item has at least one tile
+    for (int t = 0; t < kStages - 1; ++t)
+      if (t == 0 || t < num_tiles) load_tile(t);  // every item has at least one tile
+  }
   // The key loop, compiled once with the soft-cap and once without (with_softcap).
   with_softcap(p, [&](auto softcap) {
     constexpr bool kSoftcap = decltype(softcap)::value;
@@ -79,10 +100,16 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       // Tile t landed (the newer ones may stay in flight). One barrier per tile makes it visible to
       // all and shows every thread done with tile t - 1, whose stage tile t + kStages - 1 refills.
       cp_async_wait_newest<kStages - 2>(num_tiles - 1 - t);
-      if constexpr (kWgmma) fence_proxy_async();
+      if constexpr (kWgmma && !Cfg::kFp8) fence_proxy_async();
       team.sync();
       if (ahead < num_tiles) load_tile(ahead);
       const int stage = t % kStages;
+      if constexpr (Cfg::kFp8) {
+        // The barrier above also showed the 16-bit tile free (the math on tile t - 1 is done).
+        convert_kv_tile_fp8<Cfg, kKeys, KVLayout>(stK(stage), stV(stage), sK(stage), sV(stage), team.tid);
+        if constexpr (kWgmma) fence_proxy_async();
+        team.sync();
+      }
       with_mask<kSoftcap>(needs_mask(tile_start), [&](auto mods) {
         using Mods = decltype(mods);
         if constexpr (kIsDecode) {
@@ -136,10 +163,12 @@ __device__ __forceinline__ void run_team_items(const PodParams& p, char* smem, I
     const WorkItem it = slot.item;
     const int index = slot.index;
     const uint32_t start = trace_clock();
-    if (kDecodeOnly || slot.kind == kDecode)
-      run_item<Cfg, kDecode>(p, it, smem, &slot.flag, team);
-    else if constexpr (!kDecodeOnly)
-      run_item<Cfg, kPrefill>(p, it, smem, &slot.flag, team);
+    with_item_scales<Cfg>(p, it, [&](const PodParams& ip) {
+      if (kDecodeOnly || slot.kind == kDecode)
+        run_item<Cfg, kDecode>(ip, it, smem, &slot.flag, team);
+      else if constexpr (!kDecodeOnly)
+        run_item<Cfg, kPrefill>(ip, it, smem, &slot.flag, team);
+    });
     trace_item(p, index, start, team.leader());
     team.sync();  // shared memory and the slot are reused by the next item
   }

@@ -26,11 +26,12 @@ struct WarpSpecialized {
   static constexpr int kProducerRegs = 56, kConsumerRegs = 160, kDecodeRegs = 136;
   static_assert(kProducerRegs + 2 * kConsumerRegs + kDecodeRegs == 512, "the register file at 512 threads");
   // K is freed once S = Q K^T is done, V only after P V: V gets the deeper ring (a fourth K stage
-  // would not fit beside the decode region).
-  using Ring = PrefillRing<Cfg, 3, 4>;
+  // would not fit beside the decode region). For an fp8 cache the producer's two staging stages
+  // take one stage of each.
+  using Ring = std::conditional_t<Cfg::kFp8, PrefillRing<Cfg, 2, 3, 2>, PrefillRing<Cfg, 3, 4>>;
   // Decode's region: its 16 query rows and ring (run_item's layout); the merge scratch reuses it.
-  static constexpr size_t kDecodeBytes =
-      sizeof(typename Cfg::T) * Cfg::D * (Cfg::kDecodeRows + Cfg::kDecodeStages * 2 * Cfg::kDecodeKeys);
+  static constexpr size_t kDecodeBytes = sizeof(typename Cfg::T) * Cfg::D * Cfg::kDecodeRows +
+                                         Cfg::ring_bytes(Cfg::kDecodeStages, Cfg::kDecodeKeys);
   static_assert(Cfg::kMergeBytes <= kDecodeBytes && kDecodeBytes <= Ring::kBytes,
                 "the decode merge fits the decode region, which fits the prefill region");
   static constexpr size_t kSmemBytes = Ring::kBytes + kDecodeBytes;
@@ -81,7 +82,8 @@ __device__ __forceinline__ void run_producer(const PodParams& p, const typename 
       return;
     }
     const WorkItem it = sh.producer_item[b];
-    produce_item<typename WS::Cfg>(p, it, ring, pos, tid);
+    if constexpr (WS::Cfg::kFp8) produce_item_fp8<typename WS::Cfg>(p, it, ring, pos, tid, WS::kProducerBar);
+    else produce_item<typename WS::Cfg>(p, it, ring, pos, tid);
   }
 }
 
@@ -106,12 +108,14 @@ __device__ __forceinline__ void run_consumer(const PodParams& p, const typename 
     thread_row_positions(it, Cfg::prefill_row(warp, slice), lane, row_pos[0]);
     WarpState<Cfg, 1> st;
     st.init();
-    with_softcap(p, [&](auto softcap) {
-      consume_item<Cfg, typename WS::Ring, decltype(softcap)::value>(p, it, ring, pos, slice, st, row_pos);
+    with_item_scales<Cfg>(p, it, [&](const PodParams& ip) {
+      with_softcap(ip, [&](auto softcap) {
+        consume_item<Cfg, typename WS::Ring, decltype(softcap)::value>(ip, it, ring, pos, slice, st, row_pos);
+      });
+      const RowSink<Cfg> sink{ip, it};
+      store_warp_rows<Cfg>(st, sink, warp, slice, used);
+      if (it.slot >= 0) finish_split<Cfg>(ip, it, used, sh.merge_scratch, &sh.merge_flag, both);
     });
-    const RowSink<Cfg> sink{p, it};
-    store_warp_rows<Cfg>(st, sink, warp, slice, used);
-    if (it.slot >= 0) finish_split<Cfg>(p, it, used, sh.merge_scratch, &sh.merge_flag, both);
     trace_item(p, index, start, both.leader());
   }
 }

@@ -1,16 +1,22 @@
 // Tile shapes and the shared-memory layout of one CTA. Both tile kinds share one layout so a CTA
 // can switch between prefill and decode work from one item to the next.
 #pragma once
+#include <cuda_fp16.h>
+#include <type_traits>
 #include "params.cuh"
 
 namespace pod {
 
 // kHopper_: the sm_90a configuration, whose prefill tiles run on wgmma (attention_tile_sm90.cuh).
-template <typename T_, int D_, bool kHopper_ = false>
+// kFp8_: an fp8 (e4m3) KV cache and query, converted to fp16 in shared memory (exactly: every e4m3
+// value is an fp16 value), so T, the type the tiles compute in, is __half (tile_loader.cuh).
+template <typename T_, int D_, bool kHopper_ = false, bool kFp8_ = false>
 struct TileConfig {
   using T = T_;
   static constexpr int D = D_;
   static constexpr bool kHopper = kHopper_;
+  static constexpr bool kFp8 = kFp8_;
+  static_assert(!kFp8 || std::is_same_v<T, __half>, "fp8 caches compute in fp16");
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   // Prefill tile: kPrefillMTiles m-tiles of query rows per warp against kPrefillKeys keys per K/V
@@ -40,11 +46,16 @@ struct TileConfig {
   // stage in flight.
   static constexpr int kPrefillStages = 2;
   static constexpr int kDecodeStages = 2;
+  // Bytes of a team's K/V region of `stages` stages of `keys` keys ([stage][K|V][keys][D]): for
+  // an fp8 cache, one 16-bit [K|V] tile that the math reads, then the byte stages (run_item).
+  static constexpr size_t ring_bytes(int stages, int keys) {
+    return 2 * size_t(keys) * D * (kFp8 ? sizeof(T) + stages : stages * sizeof(T));
+  }
   static constexpr int kQElems = kPrefillRows * D;
-  static constexpr int kRingElems = 2 * D *
-      (kPrefillStages * kPrefillKeys > kDecodeStages * kDecodeKeys ? kPrefillStages * kPrefillKeys
-                                                                   : kDecodeStages * kDecodeKeys);
-  static constexpr size_t kSmemBytes = sizeof(T) * (kQElems + kRingElems);
+  static constexpr size_t kSmemBytes =
+      sizeof(T) * kQElems + (ring_bytes(kPrefillStages, kPrefillKeys) > ring_bytes(kDecodeStages, kDecodeKeys)
+                                 ? ring_bytes(kPrefillStages, kPrefillKeys)
+                                 : ring_bytes(kDecodeStages, kDecodeKeys));
   // Launched with 1 KiB more, so the tiles can start on a 1 KiB boundary (GMMA swizzle atoms).
   static constexpr size_t kSmemAlloc = kSmemBytes + 1024;
   // Decode's cross-warp merge reuses the whole region once the key loop is done.
