@@ -29,13 +29,11 @@ __device__ __forceinline__ float sink_log2(const PodParams& p, const WorkItem& i
   return sink * 1.4426950408889634f;  // log2(e)
 }
 
-// Two output values at (row, d) of an item in `out`: as T, or for an fp8 cache (whose math runs in
-// fp16) in the model's dtype.
+// Two output values at dst (an address in `out`, out_at): as T, or for an fp8 cache (whose math
+// runs in fp16) in the model's dtype.
 template <class Cfg>
-__device__ __forceinline__ void store_out2(const PodParams& p, const WorkItem& it, int row, int d,
-                                           float v0, float v1) {
+__device__ __forceinline__ void store_out2(const PodParams& p, uint32_t* dst, float v0, float v1) {
   using T = typename Cfg::T;
-  uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<T>(p, it, row, d));  // both 16-bit types
   if constexpr (Cfg::kFp8)
     *dst = p.out_bf16 ? pack2<__nv_bfloat16>(v0, v1) : pack2<__half>(v0, v1);
   else
@@ -53,7 +51,7 @@ struct RowSink {
     if (it.slot >= 0) {
       *reinterpret_cast<float2*>(p.partial_o + int64_t(it.slot + r) * Cfg::D + d) = make_float2(v0, v1);
     } else if (d < p.head_dim) {
-      store_out2<Cfg>(p, it, r, d, v0, v1);
+      store_out2<Cfg>(p, reinterpret_cast<uint32_t*>(out_at<typename Cfg::T>(p, it, r, d)), v0, v1);
     }
   }
   __device__ __forceinline__ void put_lse(int r, float lse) const {
@@ -218,8 +216,9 @@ __device__ __forceinline__ void finish_split(const PodParams& p, const WorkItem&
       if (base + u * kThreads >= n) break;
       if (d[u] >= p.head_dim) continue;
       const float inv = s_inv[row[u]];
-      store_out2<Cfg>(p, it, row[u], d[u], acc[u].x * inv, acc[u].y * inv);
-      store_out2<Cfg>(p, it, row[u], d[u] + 2, acc[u].z * inv, acc[u].w * inv);
+      uint32_t* dst = reinterpret_cast<uint32_t*>(out_at<typename Cfg::T>(p, it, row[u], d[u]));
+      store_out2<Cfg>(p, dst, acc[u].x * inv, acc[u].y * inv);
+      store_out2<Cfg>(p, dst + 1, acc[u].z * inv, acc[u].w * inv);
     }
   }
 }
