@@ -24,40 +24,58 @@ __device__ __forceinline__ uint4 e4m3x8_to_half8(uint2 x) {
   return make_uint4(pair(x.x & 0xffff), pair(x.x >> 16), pair(x.y & 0xffff), pair(x.y >> 16));
 }
 
-// Query rows r = token * nh + head of the item; rows past the item and columns past the head dim
-// are zero-filled (never written out).
-template <class Cfg, class Layout>
-__device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodParams& p,
-                                                const WorkItem& it, int rows, int tid) {
-  using T = typename Cfg::T;
-  const T* q = static_cast<const T*>(p.q);
+// The source of each 16-byte chunk of an item's query rows, for elements of Elem (the 16-bit
+// type, or uint8_t for an fp8 query): copy(r, c, src, valid) for row r = token * nh + head of the
+// item and chunk c (16 / sizeof(Elem) values) of it, spread over the team; rows past the item
+// and columns past the head dim are not valid (to be zero-filled, never written out).
+template <class Cfg, typename Elem, class Copy>
+__device__ __forceinline__ void for_each_query_chunk(const PodParams& p, const WorkItem& it, int rows,
+                                                     int tid, Copy&& copy) {
+  constexpr int kChunkElems = 16 / sizeof(Elem), kChunks = Cfg::D / kChunkElems;
+  const Elem* q = static_cast<const Elem*>(p.q);
   const int used = it.n_tok * it.nh;
-  for (int idx = tid; idx < rows * Cfg::kChunks; idx += Cfg::kThreads) {
-    const int r = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
-    const bool valid = r < used && c * 8 < p.head_dim;
+  for (int idx = tid; idx < rows * kChunks; idx += Cfg::kThreads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool valid = r < used && c * kChunkElems < p.head_dim;
     const int t = valid ? r / it.nh : 0;
     const int h = it.kv_head * p.group + it.h0 + (valid ? r - t * it.nh : 0);
-    const T* src = q + (it.q_start + t) * p.q_stride_tok + h * p.q_stride_head + c * 8;
-    cp_async_16(sQ + Layout::at(r, c * 8), src, valid);
+    copy(r, c, q + (it.q_start + t) * p.q_stride_tok + h * p.q_stride_head + c * kChunkElems, valid);
   }
 }
 
-// Keys [tile_start, tile_start + kKeys) of K and V; keys at or past kv_end are zero-filled so that
-// masked probabilities (exactly 0) never meet uninitialised values, and so are columns past the
-// head dim. Each thread copies one 16-byte column chunk of kKeysPerThread consecutive keys, which
-// lie in one page (tile starts are multiples of kKeys, and kKeysPerThread divides 16, the smallest
-// block size): one block-table read per thread and tile instead of one per key (11% faster over
-// the benchmark grid on an H100).
-template <class Cfg, int kKeys, class Layout>
-__device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
-                                             const PodParams& p, const WorkItem& it,
-                                             int tile_start, int tid) {
-  using T = typename Cfg::T;
-  constexpr int kKeysPerThread = kKeys * Cfg::kChunks / Cfg::kThreads;
+template <class Cfg, class Layout>
+__device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodParams& p,
+                                                const WorkItem& it, int rows, int tid) {
+  for_each_query_chunk<Cfg, typename Cfg::T>(p, it, rows, tid, [&](int r, int c, const void* src, bool valid) {
+    cp_async_16(sQ + Layout::at(r, c * 8), src, valid);
+  });
+}
+
+// Which 16-byte column chunk c of which kKeysPerThread consecutive keys (from key0) a thread of
+// the team copies in a K/V tile of Elem values; those keys lie in one page (tile starts are
+// multiples of kKeys, and kKeysPerThread divides 16, the smallest block size): one block-table
+// read per thread and tile instead of one per key (11% faster over the benchmark grid on an H100).
+template <class Cfg, int kKeys, typename Elem>
+struct KvChunkMap {
+  static constexpr int kChunkElems = 16 / sizeof(Elem);
+  static constexpr int kChunks = Cfg::D / kChunkElems;
+  static constexpr int kKeysPerThread = kKeys * kChunks / Cfg::kThreads;
   static_assert(kKeysPerThread >= 1 && 16 % kKeysPerThread == 0, "a thread's keys must share a page");
-  const int c = tid % Cfg::kChunks;
-  const int key0 = tid / Cfg::kChunks * kKeysPerThread;
-  const int pos0 = tile_start + key0;
+  int c, key0;
+  __device__ __forceinline__ explicit KvChunkMap(int tid)
+      : c(tid % kChunks), key0(tid / kChunks * kKeysPerThread) {}
+};
+
+// Keys [tile_start, tile_start + kKeys) of K and V, chunk by chunk as KvChunkMap assigns them:
+// copy(j, k_src, v_src, valid) for the thread's key key0 + j. Keys at or past kv_end are not valid
+// (to be zero-filled, so that masked probabilities, exactly 0, never meet uninitialised values),
+// and neither are columns past the head dim.
+template <class Cfg, int kKeys, typename Elem, class Copy>
+__device__ __forceinline__ void for_each_kv_chunk(const PodParams& p, const WorkItem& it, int tile_start,
+                                                  int tid, Copy&& copy) {
+  using Map = KvChunkMap<Cfg, kKeys, Elem>;
+  const Map m(tid);
+  const int pos0 = tile_start + m.key0;
   const int page = pos0 < it.kv_end ? __ldg(p.block_table + it.req * p.bt_stride + (pos0 >> p.log2_block_size)) : 0;
   const int off = pos0 & ((1 << p.log2_block_size) - 1);
   // Only the page's offset needs 64 bits (one wide multiply); within a page the offsets fit 32 bits
@@ -65,59 +83,49 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
   // keys share one) and a zero-fill copy reads nothing, so the source steps per key, unclamped.
   const int k_tok = int(p.k_stride_tok), v_tok = int(p.v_stride_tok);
   const uint32_t upage = page;  // non-negative: unsigned 32 x 32 -> 64 is one instruction
-  const T* ks = static_cast<const T*>(p.k) + uint64_t(upage) * uint32_t(p.k_stride_blk) +
-                (off * k_tok + it.kv_head * int(p.k_stride_head) + c * 8);
-  const T* vs = static_cast<const T*>(p.v) + uint64_t(upage) * uint32_t(p.v_stride_blk) +
-                (off * v_tok + it.kv_head * int(p.v_stride_head) + c * 8);
+  const Elem* ks = static_cast<const Elem*>(p.k) + uint64_t(upage) * uint32_t(p.k_stride_blk) +
+                   (off * k_tok + it.kv_head * int(p.k_stride_head) + m.c * Map::kChunkElems);
+  const Elem* vs = static_cast<const Elem*>(p.v) + uint64_t(upage) * uint32_t(p.v_stride_blk) +
+                   (off * v_tok + it.kv_head * int(p.v_stride_head) + m.c * Map::kChunkElems);
   // Compared with the unrolled j: one compare per key; a column past the head dim has none valid.
-  const int num_valid = c * 8 < p.head_dim ? it.kv_end - pos0 : 0;
+  const int num_valid = m.c * Map::kChunkElems < p.head_dim ? it.kv_end - pos0 : 0;
 #pragma unroll
-  for (int j = 0; j < kKeysPerThread; ++j, ks += k_tok, vs += v_tok) {
-    const bool valid = j < num_valid;
-    cp_async_16(sK + Layout::at(key0 + j, c * 8), ks, valid);
-    cp_async_16(sV + Layout::at(key0 + j, c * 8), vs, valid);
-  }
+  for (int j = 0; j < Map::kKeysPerThread; ++j, ks += k_tok, vs += v_tok) copy(j, ks, vs, j < num_valid);
 }
 
-// fp8 caches: query rows and K/V tiles are copied as bytes into a staging stage ([keys][D] bytes per K and V,
-// unswizzled) and converted from there into a 16-bit tile of the math's layout. Each thread
-// converts exactly the 16-byte chunks it copied, so its own cp.async wait suffices before it
-// converts (no barrier between copy and conversion). The mapping mirrors load_kv_tile's.
-template <class Cfg, int kKeys>
-struct Fp8TileMap {
-  static constexpr int kChunks = Cfg::D / 16;  // 16 e4m3 values per chunk
-  static constexpr int kKeysPerThread = kKeys * kChunks / Cfg::kThreads;
-  static_assert(kKeysPerThread >= 1 && 16 % kKeysPerThread == 0, "a thread's keys must share a page");
-  int c, key0;
-  __device__ __forceinline__ explicit Fp8TileMap(int tid)
-      : c(tid % kChunks), key0(tid / kChunks * kKeysPerThread) {}
-  __device__ __forceinline__ int staged(int j) const { return (key0 + j) * Cfg::D + c * 16; }
-};
+template <class Cfg, int kKeys, class Layout>
+__device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::T* sV,
+                                             const PodParams& p, const WorkItem& it,
+                                             int tile_start, int tid) {
+  const KvChunkMap<Cfg, kKeys, typename Cfg::T> m(tid);
+  for_each_kv_chunk<Cfg, kKeys, typename Cfg::T>(p, it, tile_start, tid,
+                                                 [&](int j, const void* ks, const void* vs, bool valid) {
+    cp_async_16(sK + Layout::at(m.key0 + j, m.c * 8), ks, valid);
+    cp_async_16(sV + Layout::at(m.key0 + j, m.c * 8), vs, valid);
+  });
+}
 
-// The query rows of an fp8 item (load_query_rows's rows) as bytes into `staged` ([rows][D]),
-// then, by the same threads, into the 16-bit query tile.
+// fp8 caches: query rows and K/V tiles are copied as bytes (the walks above with byte elements)
+// into a staging stage ([rows or keys][D] bytes, unswizzled) and converted from there into a
+// 16-bit tile of the math's layout. Each thread converts exactly the 16-byte chunks it copied, so
+// its own cp.async wait suffices before it converts (no barrier between copy and conversion).
+template <class Cfg>
+__device__ __forceinline__ int fp8_staged(int row, int c) { return row * Cfg::D + c * 16; }
+
 template <class Cfg>
 __device__ __forceinline__ void copy_query_rows_fp8(uint8_t* staged, const PodParams& p, const WorkItem& it,
                                                     int rows, int tid) {
-  constexpr int kChunks = Cfg::D / 16;
-  const uint8_t* q = static_cast<const uint8_t*>(p.q);
-  const int used = it.n_tok * it.nh;
-  for (int idx = tid; idx < rows * kChunks; idx += Cfg::kThreads) {
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool valid = r < used && c * 16 < p.head_dim;
-    const int t = valid ? r / it.nh : 0;
-    const int h = it.kv_head * p.group + it.h0 + (valid ? r - t * it.nh : 0);
-    cp_async_16(staged + r * Cfg::D + c * 16, q + (it.q_start + t) * p.q_stride_tok + h * p.q_stride_head + c * 16,
-                valid);
-  }
+  for_each_query_chunk<Cfg, uint8_t>(p, it, rows, tid, [&](int r, int c, const void* src, bool valid) {
+    cp_async_16(staged + fp8_staged<Cfg>(r, c), src, valid);
+  });
 }
 template <class Cfg, class Layout>
 __device__ __forceinline__ void convert_query_rows_fp8(const uint8_t* staged, typename Cfg::T* sQ, int rows,
                                                        int tid) {
-  constexpr int kChunks = Cfg::D / 16;
+  constexpr int kChunks = Cfg::D / 16;  // for_each_query_chunk's chunks of bytes
   for (int idx = tid; idx < rows * kChunks; idx += Cfg::kThreads) {
     const int r = idx / kChunks, c = idx % kChunks;
-    const uint4 raw = *reinterpret_cast<const uint4*>(staged + r * Cfg::D + c * 16);
+    const uint4 raw = *reinterpret_cast<const uint4*>(staged + fp8_staged<Cfg>(r, c));
     *reinterpret_cast<uint4*>(sQ + Layout::at(r, c * 16)) = e4m3x8_to_half8(make_uint2(raw.x, raw.y));
     *reinterpret_cast<uint4*>(sQ + Layout::at(r, c * 16 + 8)) = e4m3x8_to_half8(make_uint2(raw.z, raw.w));
   }
@@ -126,33 +134,21 @@ __device__ __forceinline__ void convert_query_rows_fp8(const uint8_t* staged, ty
 template <class Cfg, int kKeys>
 __device__ __forceinline__ void copy_kv_tile_fp8(uint8_t* stK, uint8_t* stV, const PodParams& p,
                                                  const WorkItem& it, int tile_start, int tid) {
-  using Map = Fp8TileMap<Cfg, kKeys>;
-  const Map m(tid);
-  const int pos0 = tile_start + m.key0;
-  const int page = pos0 < it.kv_end ? __ldg(p.block_table + it.req * p.bt_stride + (pos0 >> p.log2_block_size)) : 0;
-  const int off = pos0 & ((1 << p.log2_block_size) - 1);
-  const int k_tok = int(p.k_stride_tok), v_tok = int(p.v_stride_tok);
-  const uint32_t upage = page;
-  const uint8_t* ks = static_cast<const uint8_t*>(p.k) + uint64_t(upage) * uint32_t(p.k_stride_blk) +
-                      (off * k_tok + it.kv_head * int(p.k_stride_head) + m.c * 16);
-  const uint8_t* vs = static_cast<const uint8_t*>(p.v) + uint64_t(upage) * uint32_t(p.v_stride_blk) +
-                      (off * v_tok + it.kv_head * int(p.v_stride_head) + m.c * 16);
-  const int num_valid = m.c * 16 < p.head_dim ? it.kv_end - pos0 : 0;
-#pragma unroll
-  for (int j = 0; j < Map::kKeysPerThread; ++j, ks += k_tok, vs += v_tok) {
-    const bool valid = j < num_valid;
-    cp_async_16(stK + m.staged(j), ks, valid);
-    cp_async_16(stV + m.staged(j), vs, valid);
-  }
+  const KvChunkMap<Cfg, kKeys, uint8_t> m(tid);
+  for_each_kv_chunk<Cfg, kKeys, uint8_t>(p, it, tile_start, tid,
+                                         [&](int j, const void* ks, const void* vs, bool valid) {
+    cp_async_16(stK + fp8_staged<Cfg>(m.key0 + j, m.c), ks, valid);
+    cp_async_16(stV + fp8_staged<Cfg>(m.key0 + j, m.c), vs, valid);
+  });
 }
 
 template <class Cfg, int kKeys, class Layout>
 __device__ __forceinline__ void convert_kv_tile_fp8(const uint8_t* stK, const uint8_t* stV,
                                                     typename Cfg::T* sK, typename Cfg::T* sV, int tid) {
-  using Map = Fp8TileMap<Cfg, kKeys>;
+  using Map = KvChunkMap<Cfg, kKeys, uint8_t>;
   const Map m(tid);
   auto convert = [&](const uint8_t* st, typename Cfg::T* dst, int j) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(st + m.staged(j));
+    const uint4 raw = *reinterpret_cast<const uint4*>(st + fp8_staged<Cfg>(m.key0 + j, m.c));
     *reinterpret_cast<uint4*>(dst + Layout::at(m.key0 + j, m.c * 16)) = e4m3x8_to_half8(make_uint2(raw.x, raw.y));
     *reinterpret_cast<uint4*>(dst + Layout::at(m.key0 + j, m.c * 16 + 8)) = e4m3x8_to_half8(make_uint2(raw.z, raw.w));
   };
