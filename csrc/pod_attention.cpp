@@ -26,6 +26,9 @@ constexpr const char* kSupported =
     "float16/bfloat16 output, on compute capability 9.0), head dims 64/96/128/256, block sizes "
     "16/32/64, and num_q_heads divisible by num_kv_heads";
 
+// Where an fp8 configuration is asked of a build or device without one (launch.cuh).
+constexpr const char* kFp8NeedsHopper = "an fp8 KV cache needs compute capability 9.0 and the sm_90a build; ";
+
 void check_rows_aligned(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.stride(-1) == 1, name, ": the last (head) dim must be contiguous");
   for (int i = 0; i < t.dim() - 1; ++i)
@@ -81,8 +84,7 @@ int64_t ctas_per_sm(at::ScalarType dtype, int64_t head_dim) {
   check_dtype_and_head_dim(dtype, head_dim);
   int n = 0;
   const cudaError_t e = dispatch<Occupancy>(dtype, head_dim, &n);
-  TORCH_CHECK(e != cudaErrorNotSupported, "an fp8 KV cache needs compute capability 9.0 and the sm_90a build; ",
-              kSupported);
+  TORCH_CHECK(e != cudaErrorNotSupported, kFp8NeedsHopper, kSupported);
   TORCH_CHECK(e == cudaSuccess, "occupancy query failed: ", cudaGetErrorString(e));
   return n;
 }
@@ -91,7 +93,7 @@ int64_t prefill_tile_rows(at::ScalarType dtype, int64_t head_dim) {
   check_dtype_and_head_dim(dtype, head_dim);
   int n = 0;
   dispatch<PrefillRows>(dtype, head_dim, &n);
-  TORCH_CHECK(n > 0, "an fp8 KV cache needs compute capability 9.0 and the sm_90a build; ", kSupported);
+  TORCH_CHECK(n > 0, kFp8NeedsHopper, kSupported);
   return n;
 }
 
@@ -218,9 +220,7 @@ void pod_attention(at::Tensor& out, const at::Tensor& query, const at::Tensor& k
 
   const c10::cuda::CUDAGuard guard(query.device());
   // A prefill item taller than the kernel's tile would lose its extra rows: refuse the plan.
-  int tile_rows = 0;
-  dispatch<PrefillRows>(cache_dtype, head_dim, &tile_rows);  // dtype/head dim checked above
-  TORCH_CHECK(tile_rows > 0, "an fp8 KV cache needs compute capability 9.0 and the sm_90a build; ", kSupported);
+  const int64_t tile_rows = prefill_tile_rows(cache_dtype, head_dim);
   TORCH_CHECK(plan_prefill_rows >= 1 && plan_prefill_rows <= tile_rows, "the plan was made for ",
               num(plan_prefill_rows), "-row prefill tiles but this GPU's kernel tile has ", num(tile_rows),
               " rows: make the PodPlanner with prefill_rows=vllm_pod.ops.device_prefill_tile_rows(dtype, head_dim)");
