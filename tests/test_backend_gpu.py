@@ -420,7 +420,7 @@ def test_features_match_flash_attn(model_dirs, monkeypatch, dtype, family):
 def test_fp8_kv_cache_matches_reference_and_flash_attn(model_dirs, per_head):
     # bf16 models only: FA3 writes fp8 attention's output in bf16 (selection refuses fp16).
     dtype = torch.bfloat16
-    from vllm_pod.reference import reference_attention
+    from vllm_pod.reference import broadcast_descale, reference_attention
 
     num_q_heads, num_kv_heads, head_dim, block_size = 32, 8, 128, 16
     s = make_setup(model_dirs, num_q_heads, num_kv_heads, head_dim, block_size, dtype)
@@ -452,8 +452,9 @@ def test_fp8_kv_cache_matches_reference_and_flash_attn(model_dirs, per_head):
             key = torch.randn(n, num_kv_heads, head_dim, dtype=dtype, device="cuda") * 0.2
             value = torch.randn_like(key) * 0.2
             # As the layer quantizes it (QuantFP8, static scale per tensor or per KV head group).
-            q_scale = layer._q_scale.expand(num_kv_heads).repeat_interleave(num_q_heads // num_kv_heads)
-            query = ((torch.randn(n, num_q_heads, head_dim, device="cuda") * 0.2) / q_scale[:, None])
+            query = torch.randn(n, num_q_heads, head_dim, device="cuda") * 0.2
+            query = query / broadcast_descale(layer._q_scale, query, 1, num_kv_heads,
+                                              num_q_heads // num_kv_heads)
             query = query.clamp(-448, 448).to(fp8)
             pod_md = pod_builder.build(0, cm)
             assert pod_md.plan is not None, "a hybrid batch must take the fused path"

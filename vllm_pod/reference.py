@@ -24,6 +24,16 @@ def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int) 
     return cache[blocks].reshape(-1, *cache.shape[2:])[:seq_len]
 
 
+def broadcast_descale(scale: torch.Tensor, x: torch.Tensor, heads_dim: int, num_kv_heads: int,
+                      heads_per_kv_head: int) -> torch.Tensor:
+    """A descale (one float, or one per KV head) shaped to multiply x, whose dimension heads_dim
+    holds heads, heads_per_kv_head consecutive ones per KV head (the GQA group for a query)."""
+    shape = [1] * x.dim()
+    shape[heads_dim] = -1
+    scale = scale.float().to(x.device).expand(num_kv_heads).repeat_interleave(heads_per_kv_head)
+    return scale.view(shape)
+
+
 def reference_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                         block_table: torch.Tensor, query_start_loc: torch.Tensor,
                         seq_lens: torch.Tensor, softmax_scale: float, *,
@@ -35,14 +45,9 @@ def reference_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cach
     num_kv_heads = key_cache.shape[2]
     group = query.shape[1] // num_kv_heads
     if descales is not None:
-        def dequantize(x, scale, heads_dim, per_head):
-            shape = [1] * x.dim()
-            shape[heads_dim] = -1
-            scale = scale.float().to(x.device).expand(num_kv_heads).repeat_interleave(per_head)
-            return x.float() * scale.view(shape)
-        query = dequantize(query, descales[0], 1, group)
-        key_cache = dequantize(key_cache, descales[1], 2, 1)
-        value_cache = dequantize(value_cache, descales[2], 2, 1)
+        query = query.float() * broadcast_descale(descales[0], query, 1, num_kv_heads, group)
+        key_cache = key_cache.float() * broadcast_descale(descales[1], key_cache, 2, num_kv_heads, 1)
+        value_cache = value_cache.float() * broadcast_descale(descales[2], value_cache, 2, num_kv_heads, 1)
     qsl, lens = query_start_loc.tolist(), seq_lens.tolist()
     for r, seq_len in enumerate(lens):
         q0, q1 = qsl[r], qsl[r + 1]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from vllm_pod.plan import PodPlan, PodPlanner
+from vllm_pod.reference import broadcast_descale
 
 # How the paged K/V cache is laid out in memory (vLLM 0.26 packs K and V per head: [..., 2*D]).
 KV_LAYOUTS = ("nhd_packed", "hnd_packed", "separate")
@@ -99,10 +100,8 @@ def quantize_fp8(b: Batch, *, per_head: bool, seed: int = 0) -> Batch:
     def quantize(x: torch.Tensor, heads_dim: int, group: int):
         n = num_kv_heads if per_head else 1
         descale = (x.float().abs().amax() / limit) * (0.5 + torch.rand(n, generator=gen, device=x.device))
-        shape = [1] * x.dim()
-        shape[heads_dim] = -1
-        per_row = descale.expand(num_kv_heads).repeat_interleave(group).view(shape)
-        return (x.float() / per_row).clamp(-limit, limit).to(fp8), descale.contiguous()
+        scale = broadcast_descale(descale, x, heads_dim, num_kv_heads, group)
+        return (x.float() / scale).clamp(-limit, limit).to(fp8), descale.contiguous()
 
     group = b.query.shape[1] // num_kv_heads
     query, q_descale = quantize(b.query, 1, group)

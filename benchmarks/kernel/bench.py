@@ -264,6 +264,13 @@ def write_csv(path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def write_results(path, rows: list[dict], summary: dict) -> None:
+    """rows as the CSV at path, summary as the JSON beside it."""
+    write_csv(path, rows)
+    with open(path.rsplit(".", 1)[0] + ".json", "w") as f:
+        json.dump(summary, f, indent=2)
+
+
 def pod_call(b, plan, out, **features):
     """POD's op on batch b under plan, into out (features: the op's options): a callable to time
     or capture."""
@@ -438,9 +445,7 @@ def main():
                        geomean_pod_fp8_over_fa3_fp8=geomean([r["pod_fp8_over_fa3_fp8"] for r in rows]))
         print(json.dumps(summary, indent=1))
         if args.out:
-            write_csv(args.out, rows)
-            with open(args.out.rsplit(".", 1)[0] + ".json", "w") as f:
-                json.dump(summary, f, indent=2)
+            write_results(args.out, rows, summary)
         return
     batches = batches_from_args(args)
     if args.pod_only:
@@ -471,9 +476,7 @@ def main():
     print(json.dumps({k: v for k, v in summary.items() if k != "worst"}, indent=1))
     print("worst:", summary["worst"])
     if args.out:
-        write_csv(args.out, rows)
-        with open(args.out.rsplit(".", 1)[0] + ".json", "w") as f:
-            json.dump(summary, f, indent=2)
+        write_results(args.out, rows, summary)
 
 
 if __name__ == "__main__":
