@@ -238,21 +238,45 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 
+  if constexpr (Cfg::kFp8) {
+    // An fp8 cache: sQ and sK hold e4m3 bytes (fp8_swz tiles, 16 values per 16-byte chunk), the
+    // scores run on e4m3 mma, 32 dims per k-step; only V was converted.
+    const uint8_t* q8 = reinterpret_cast<const uint8_t*>(sQ);
+    const uint8_t* k8 = reinterpret_cast<const uint8_t*>(sK);
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t a[M][4];
+    for (int kk = 0; kk < D / 32; ++kk) {
+      uint32_t a[M][4];
 #pragma unroll
-    for (int mt = 0; mt < M; ++mt)
-      ldmatrix_x4(a[mt], sQ + Cfg::swz(q_row0 + 16 * mt + (lane & 15), kk * 16 + (lane >> 4) * 8));
+      for (int mt = 0; mt < M; ++mt)
+        ldmatrix_x4(a[mt], q8 + fp8_swz<D>(q_row0 + 16 * mt + (lane & 15), 2 * kk + (lane >> 4)));
 #pragma unroll
-    for (int nb = 0; nb < NK / 16; ++nb) {
-      uint32_t b[4];
-      ldmatrix_x4(b, sK + Cfg::swz(kw0 + nb * 16 + (lane >> 4) * 8 + (lane & 7),
-                                   kk * 16 + ((lane >> 3) & 1) * 8));
+      for (int nb = 0; nb < NK / 16; ++nb) {
+        uint32_t b[4];
+        ldmatrix_x4(b, k8 + fp8_swz<D>(kw0 + nb * 16 + (lane >> 4) * 8 + (lane & 7), 2 * kk + ((lane >> 3) & 1)));
 #pragma unroll
-      for (int mt = 0; mt < M; ++mt) {
-        MmaOp<T>::run(s[mt][2 * nb], a[mt], b[0], b[1]);
-        MmaOp<T>::run(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
+        for (int mt = 0; mt < M; ++mt) {
+          mma_e4m3(s[mt][2 * nb], a[mt], b[0], b[1]);
+          mma_e4m3(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[M][4];
+#pragma unroll
+      for (int mt = 0; mt < M; ++mt)
+        ldmatrix_x4(a[mt], sQ + Cfg::swz(q_row0 + 16 * mt + (lane & 15), kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int nb = 0; nb < NK / 16; ++nb) {
+        uint32_t b[4];
+        ldmatrix_x4(b, sK + Cfg::swz(kw0 + nb * 16 + (lane >> 4) * 8 + (lane & 7),
+                                     kk * 16 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+        for (int mt = 0; mt < M; ++mt) {
+          MmaOp<T>::run(s[mt][2 * nb], a[mt], b[0], b[1]);
+          MmaOp<T>::run(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
+        }
       }
     }
   }

@@ -75,7 +75,11 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, tile_start, team.tid);
     cp_async_commit();
   };
-  if constexpr (Cfg::kFp8) {
+  if constexpr (Cfg::kFp8 && kIsDecode) {
+    // Decode tiles read the query's bytes where the 16-bit query would be (half its size).
+    copy_query_rows_fp8<Cfg>(reinterpret_cast<uint8_t*>(sQ), p, it, kRows, team.tid);
+    load_tile(0);  // one commit group with the query's copies
+  } else if constexpr (Cfg::kFp8) {
     // The query's bytes pass through the last stage, free until the loop refills it after its
     // first barrier; each thread converts the chunks it copied.
     static_assert(kRows <= 2 * kKeys, "the query's bytes fit one stage");
@@ -106,7 +110,8 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       const int stage = t % kStages;
       if constexpr (Cfg::kFp8) {
         // The barrier above also showed the 16-bit tile free (the math on tile t - 1 is done).
-        convert_kv_tile_fp8<Cfg, kKeys, KVLayout>(stK(stage), stV(stage), sK(stage), sV(stage), team.tid);
+        convert_kv_tile_fp8<Cfg, kKeys, KVLayout, !kIsDecode>(stK(stage), stV(stage), sK(stage), sV(stage),
+                                                             team.tid);
         if constexpr (kWgmma) fence_proxy_async();
         team.sync();
       }
@@ -115,7 +120,9 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
         if constexpr (kIsDecode) {
           if (warp < Cfg::kDecodeWarps) {
             const int kw0 = warp * Cfg::kDecodeWarpKeys;
-            warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, sK(stage), sV(stage), 0, kw0,
+            // fp8: the scores read K's bytes from the stage (warp_attend).
+            const T* keys = Cfg::kFp8 ? reinterpret_cast<const T*>(stK(stage)) : sK(stage);
+            warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, keys, sV(stage), 0, kw0,
                                                             tile_start + kw0, it.kv_end, row_pos, p);
           }
         } else if constexpr (kWgmma) {

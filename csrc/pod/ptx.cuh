@@ -73,6 +73,20 @@ struct MmaOp {
   }
 };
 
+// D += A B on one m16n8k32 tile of e4m3 values (sm_89+): the register shapes of MmaOp, each
+// register holding four 8-bit values, so ldmatrix loads both operands from K-major byte tiles.
+__device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // fp8 configurations run on sm_90 only
+#endif
+}
+
 // Two floats packed into one 32-bit register of T (the A operand of P·V, and output stores).
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
 template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {

@@ -106,11 +106,11 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 }
 
 // fp8 caches: query rows and K/V tiles are copied as bytes (the walks above with byte elements)
-// into a staging stage ([rows or keys][D] bytes, unswizzled) and converted from there into a
-// 16-bit tile of the math's layout. Each thread converts exactly the 16-byte chunks it copied, so
+// into a staging stage ([rows or keys][D] bytes, fp8_swz) and converted from there into a
+// 16-bit tile of the math's layout (decode tiles read Q and K as bytes, converting V alone). Each thread converts exactly the 16-byte chunks it copied, so
 // its own cp.async wait suffices before it converts (no barrier between copy and conversion).
 template <class Cfg>
-__device__ __forceinline__ int fp8_staged(int row, int c) { return row * Cfg::D + c * 16; }
+__device__ __forceinline__ int fp8_staged(int row, int c) { return fp8_swz<Cfg::D>(row, c); }
 
 template <class Cfg>
 __device__ __forceinline__ void copy_query_rows_fp8(uint8_t* staged, const PodParams& p, const WorkItem& it,
@@ -142,7 +142,8 @@ __device__ __forceinline__ void copy_kv_tile_fp8(uint8_t* stK, uint8_t* stV, con
   });
 }
 
-template <class Cfg, int kKeys, class Layout>
+// kConvertK: false for decode tiles, whose scores read K's bytes.
+template <class Cfg, int kKeys, class Layout, bool kConvertK = true>
 __device__ __forceinline__ void convert_kv_tile_fp8(const uint8_t* stK, const uint8_t* stV,
                                                     typename Cfg::T* sK, typename Cfg::T* sV, int tid) {
   using Map = KvChunkMap<Cfg, kKeys, uint8_t>;
@@ -154,7 +155,7 @@ __device__ __forceinline__ void convert_kv_tile_fp8(const uint8_t* stK, const ui
   };
 #pragma unroll
   for (int j = 0; j < Map::kKeysPerThread; ++j) {
-    convert(stK, sK, j);
+    if constexpr (kConvertK) convert(stK, sK, j);
     convert(stV, sV, j);
   }
 }
