@@ -95,6 +95,36 @@ __device__ __forceinline__ void fence_accumulators(float* d) {
   for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
+// K-major e4m3 operand (an fp8 cache's Q or K) in an fp8_swz byte tile ([rows][D] bytes), which
+// is the canonical GMMA layout: SW128 at D = 128 (128-byte rows, 1 KiB atoms of 8 rows), SW64 at
+// D = 64 (64-byte rows, 512-byte atoms). K-step kk (32 values) starts 32 * kk bytes into a row.
+template <int D>
+__device__ __forceinline__ uint64_t kmajor_desc_e4m3(const void* tile, int kk) {
+  static_assert(D == 64 || D == 128, "the warp-specialized kernel's head dims");
+  constexpr uint32_t kAtom = 8 * D;
+  constexpr uint32_t kLayoutType = D == 128 ? 1 : 2;  // SW128, SW64
+  const uint32_t lo = (smem_addr(tile) >> 4) + 2 * kk + (1u << 16);  // leading byte offset 16
+  return (uint64_t((kAtom >> 4) | (kLayoutType << 30)) << 32) | lo;
+}
+
+// S = Q K^T for m64 tile mt of an fp8 item: Q and K as e4m3 bytes (kmajor_desc_e4m3), 32 values
+// per k-step, half bf16's wgmmas; issued and committed as one group, not waited for.
+template <class Cfg, int NK>
+__device__ __forceinline__ void issue_qk_e4m3(const void* sQ, int mt, const void* sK, float (&s)[NK / 8][4]) {
+  static_assert(NK == 64, "m64n64k32");
+  using Op = cute::SM90::GMMA::MMA_64x64x32_F32E4M3E4M3_SS_TN<>;
+  const uint8_t* q = static_cast<const uint8_t*>(sQ) + mt * 64 * Cfg::D;
+  float* sf = &s[0][0];
+  fence_accumulators<NK / 2>(sf);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int kk = 0; kk < Cfg::D / 32; ++kk)
+    mma_ss<Op>(kmajor_desc_e4m3<Cfg::D>(q, kk), kmajor_desc_e4m3<Cfg::D>(sK, kk), sf,
+               kk == 0 ? cute::SM90::GMMA::ScaleOut::Zero : cute::SM90::GMMA::ScaleOut::One,
+               std::make_index_sequence<NK / 2>{});
+  cute::warpgroup_commit_batch();
+}
+
 // S = Q K^T for m64 tile mt of sQ (a [kRows x D] SW128 tile) against the NK keys of sK: issued and
 // committed as one wgmma group, not waited for.
 template <class Cfg, int NK>

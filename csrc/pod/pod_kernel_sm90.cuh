@@ -26,9 +26,9 @@ struct WarpSpecialized {
   static constexpr int kProducerRegs = 56, kConsumerRegs = 160, kDecodeRegs = 136;
   static_assert(kProducerRegs + 2 * kConsumerRegs + kDecodeRegs == 512, "the register file at 512 threads");
   // K is freed once S = Q K^T is done, V only after P V: V gets the deeper ring (a fourth K stage
-  // would not fit beside the decode region). For an fp8 cache the producer's two staging stages
-  // take one stage of each.
-  using Ring = std::conditional_t<Cfg::kFp8, PrefillRing<Cfg, 2, 3, 2>, PrefillRing<Cfg, 3, 4>>;
+  // would not fit beside the decode region). An fp8 cache's Q and K tiles are half the size (bytes)
+  // and its V passes through two staging stages.
+  using Ring = std::conditional_t<Cfg::kFp8, PrefillRing<Cfg, 4, 4, 2>, PrefillRing<Cfg, 3, 4>>;
   // Decode's region: its 16 query rows and ring (run_item's layout); the merge scratch reuses it.
   static constexpr size_t kDecodeBytes = sizeof(typename Cfg::T) * Cfg::D * Cfg::kDecodeRows +
                                          Cfg::ring_bytes(Cfg::kDecodeStages, Cfg::kDecodeKeys);
@@ -82,7 +82,7 @@ __device__ __forceinline__ void run_producer(const PodParams& p, const typename 
       return;
     }
     const WorkItem it = sh.producer_item[b];
-    if constexpr (WS::Cfg::kFp8) produce_item_fp8<typename WS::Cfg>(p, it, ring, pos, tid, WS::kProducerBar);
+    if constexpr (WS::Cfg::kFp8) produce_item_fp8<typename WS::Cfg>(p, it, ring, pos, tid);
     else produce_item<typename WS::Cfg>(p, it, ring, pos, tid);
   }
 }

@@ -15,19 +15,23 @@ namespace pod::sm90 {
 // two m64 slices, one per consumer), a ring of K tiles and a ring of V tiles. K is released as
 // soon as S = Q K^T is done, V only after P V, so V can have the deeper ring in the same shared
 // memory (docs/design.md, "The warp-specialized Hopper kernel").
-// An fp8 cache adds kStagedStages stages of bytes ([K|V][keys][D]) that the producer copies into
-// and converts from (tile_loader.cuh).
+// An fp8 cache keeps Q and K as e4m3 bytes, which wgmma reads, and converts V alone: its bytes go
+// through kStagedStages staging stages ([keys][D] bytes, tile_loader.cuh) into the 16-bit V ring.
 template <class Cfg, int kKStages_, int kVStages_, int kStagedStages_ = 0>
 struct PrefillRing {
   using T = typename Cfg::T;
   static constexpr int kKStages = kKStages_, kVStages = kVStages_, kStagedStages = kStagedStages_;
   static constexpr int kKeys = Cfg::kPrefillKeys;
   static constexpr int kTileElems = kKeys * Cfg::D;
-  static constexpr size_t kBytes = sizeof(T) * (Cfg::D * Cfg::kPrefillRows + (kKStages + kVStages) * kTileElems) +
-                                   size_t(kStagedStages) * 2 * kTileElems;
+  static constexpr size_t kQKElemBytes = Cfg::kFp8 ? 1 : sizeof(T);
+  static constexpr size_t kQBytes = kQKElemBytes * Cfg::D * Cfg::kPrefillRows;
+  static constexpr size_t kKTileBytes = kQKElemBytes * kTileElems;
+  static constexpr size_t kVTileBytes = sizeof(T) * kTileElems;
+  static constexpr size_t kBytes =
+      kQBytes + kKStages * kKTileBytes + kVStages * kVTileBytes + size_t(kStagedStages) * kTileElems;
   static constexpr int kConsumerWarps = 8;
 
-  T* q;               // [kPrefillRows x D], SW128; the K ring and the V ring follow it
+  T* q;               // [kPrefillRows x D], SW128 (fp8: bytes); the K ring and the V ring follow it
   MBarrier* q_full;   // the item's query rows landed (128 producer copies + the item hand-off)
   MBarrier* q_empty;  // both consumers are done reading them (one arrival per consumer warp)
   MBarrier* k_full;   // [kKStages]: the stage's tile landed (one arrival per producer thread)
@@ -35,12 +39,15 @@ struct PrefillRing {
   MBarrier* v_full;   // [kVStages], likewise
   MBarrier* v_empty;
 
-  __device__ __forceinline__ T* k(int stage) const { return q + Cfg::D * Cfg::kPrefillRows + stage * kTileElems; }
-  __device__ __forceinline__ T* v(int stage) const { return k(kKStages) + stage * kTileElems; }
-  __device__ __forceinline__ uint8_t* staged_k(int stage) const {
-    return reinterpret_cast<uint8_t*>(v(kVStages)) + 2 * stage * kTileElems;
+  __device__ __forceinline__ char* at(size_t offset) const { return reinterpret_cast<char*>(q) + offset; }
+  __device__ __forceinline__ T* k(int stage) const { return reinterpret_cast<T*>(at(kQBytes + stage * kKTileBytes)); }
+  __device__ __forceinline__ T* v(int stage) const {
+    return reinterpret_cast<T*>(at(kQBytes + kKStages * kKTileBytes + stage * kVTileBytes));
   }
-  __device__ __forceinline__ uint8_t* staged_v(int stage) const { return staged_k(stage) + kTileElems; }
+  __device__ __forceinline__ uint8_t* staged_v(int stage) const {
+    return reinterpret_cast<uint8_t*>(at(kQBytes + kKStages * kKTileBytes + kVStages * kVTileBytes +
+                                         size_t(stage) * kTileElems));
+  }
 
   __device__ __forceinline__ void init_barriers(int producer_threads) const {
     q_full->init(producer_threads + 1);
@@ -63,49 +70,38 @@ struct RingPositions {
   RingPos<Ring::kVStages> v;
 };
 
-// produce_item for an fp8 cache: each tile's bytes are copied into a staging stage while the
-// previous tile is converted into the 16-bit rings (by the threads that copied it, so no barrier
-// between copy and conversion); the conversions are plain stores, published by a proxy fence
-// and plain arrivals.
+// produce_item for an fp8 cache: the query's and each K tile's bytes are copied straight into the
+// tiles wgmma reads (their fp8_swz layout is the canonical K-major one), completing on the ring's
+// barriers as in bf16; each V tile's bytes go to a staging stage while the previous V tile is
+// converted into the 16-bit V ring by the threads that copied it (no barrier between copy and
+// conversion), published by a proxy fence and plain arrivals.
 template <class Cfg, class Ring>
 __device__ __forceinline__ void produce_item_fp8(const PodParams& p, const WorkItem& it, const Ring& ring,
-                                                 RingPositions<Ring>& pos, int tid, int producer_barrier) {
-  static_assert(Ring::kStagedStages == 2, "one tile converted while the next is copied");
+                                                 RingPositions<Ring>& pos, int tid) {
+  static_assert(Ring::kStagedStages == 2, "one V tile converted while the next is copied");
   const int num_tiles = num_kv_tiles(it, Ring::kKeys);
-  auto copy = [&](int t) {
-    copy_kv_tile_fp8<Cfg, Ring::kKeys>(ring.staged_k(t & 1), ring.staged_v(t & 1), p, it,
-                                       it.kv_start + t * Ring::kKeys, tid);
-    cp_async_commit();
-  };
-  auto deliver = [&](int t, bool newest) {  // newest: no later tile's copies are in flight
+  copy_query_rows_fp8<Cfg>(reinterpret_cast<uint8_t*>(ring.q), p, it, Cfg::kPrefillRows, tid);
+  ring.q_full->arrive_after_copies();
+  auto deliver_v = [&](int t, bool newest) {  // newest: no later tile's copies are in flight
     if (newest) cp_async_wait<0>();
     else cp_async_wait<1>();
-    ring.k_empty[pos.k.stage].wait(pos.k.parity ^ 1);
     ring.v_empty[pos.v.stage].wait(pos.v.parity ^ 1);
-    convert_kv_tile_fp8<Cfg, Ring::kKeys, Sw128Layout<Ring::kKeys>>(
-        ring.staged_k(t & 1), ring.staged_v(t & 1), ring.k(pos.k.stage), ring.v(pos.v.stage), tid);
+    convert_kv_tile_fp8<Cfg, Ring::kKeys, Sw128Layout<Ring::kKeys>, false>(nullptr, ring.staged_v(t & 1), nullptr,
+                                                                          ring.v(pos.v.stage), tid);
     fence_proxy_async();
-    ring.k_full[pos.k.stage].arrive();
     ring.v_full[pos.v.stage].arrive();
-    pos.k.advance();
     pos.v.advance();
   };
-  // The query's bytes pass through staging stage 1, which tile 1's copies refill once every
-  // producer thread has converted its part (producer_barrier, the 128 producer threads').
-  static_assert(Cfg::kPrefillRows <= 2 * Ring::kKeys, "the query's bytes fit one staging stage");
-  copy_query_rows_fp8<Cfg>(ring.staged_k(1), p, it, Cfg::kPrefillRows, tid);
-  cp_async_commit();
-  copy(0);
-  cp_async_wait<1>();
-  convert_query_rows_fp8<Cfg, Sw128Layout<Cfg::kPrefillRows>>(ring.staged_k(1), ring.q, Cfg::kPrefillRows, tid);
-  fence_proxy_async();
-  ring.q_full->arrive();
-  named_barrier_sync(producer_barrier, 128);
-  for (int t = 1; t < num_tiles; ++t) {
-    copy(t);
-    deliver(t - 1, false);
+  for (int t = 0; t < num_tiles; ++t) {
+    ring.k_empty[pos.k.stage].wait(pos.k.parity ^ 1);
+    copy_kv_tile_fp8<Cfg, Ring::kKeys>(reinterpret_cast<uint8_t*>(ring.k(pos.k.stage)), ring.staged_v(t & 1), p, it,
+                                       it.kv_start + t * Ring::kKeys, tid);
+    ring.k_full[pos.k.stage].arrive_after_copies();
+    cp_async_commit();
+    pos.k.advance();
+    if (t > 0) deliver_v(t - 1, false);
   }
-  deliver(num_tiles - 1, true);
+  deliver_v(num_tiles - 1, true);
 }
 
 // The producer's part of one item (all 128 producer threads; tid is a thread's index among them):
@@ -164,7 +160,8 @@ __device__ __forceinline__ void consume_item(const PodParams& p, const WorkItem&
   };
   auto issue_scores = [&] {
     wait_full(ring.k_full + pos.k.stage, pos.k.parity);
-    issue_qk<Cfg, NK>(ring.q, slice, ring.k(pos.k.stage), s);
+    if constexpr (Cfg::kFp8) issue_qk_e4m3<Cfg, NK>(ring.q, slice, ring.k(pos.k.stage), s);
+    else issue_qk<Cfg, NK>(ring.q, slice, ring.k(pos.k.stage), s);
   };
   auto issue_values = [&] {
     wait_full(ring.v_full + pos.v.stage, pos.v.parity);
