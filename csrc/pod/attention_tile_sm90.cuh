@@ -99,12 +99,16 @@ __device__ __forceinline__ void fence_accumulators(float* d) {
 // is the canonical GMMA layout: SW128 at D = 128 (128-byte rows, 1 KiB atoms of 8 rows), SW64 at
 // D = 64 (64-byte rows, 512-byte atoms). K-step kk (32 values) starts 32 * kk bytes into a row.
 template <int D>
-__device__ __forceinline__ uint64_t kmajor_desc_e4m3(const void* tile, int kk) {
+__host__ __device__ constexpr uint64_t e4m3_desc(uint32_t tile, int kk) {
   static_assert(D == 64 || D == 128, "the warp-specialized kernel's head dims");
   constexpr uint32_t kAtom = 8 * D;
   constexpr uint32_t kLayoutType = D == 128 ? 1 : 2;  // SW128, SW64
-  const uint32_t lo = (smem_addr(tile) >> 4) + 2 * kk + (1u << 16);  // leading byte offset 16
+  const uint32_t lo = (tile >> 4) + 2 * kk + (1u << 16);  // leading byte offset 16
   return (uint64_t((kAtom >> 4) | (kLayoutType << 30)) << 32) | lo;
+}
+template <int D>
+__device__ __forceinline__ uint64_t kmajor_desc_e4m3(const void* tile, int kk) {
+  return e4m3_desc<D>(smem_addr(tile), kk);
 }
 
 // S = Q K^T for m64 tile mt of an fp8 item: Q and K as e4m3 bytes (kmajor_desc_e4m3), 32 values

@@ -74,7 +74,7 @@ struct TileConfig {
 // Byte offset of 16-byte chunk c of row `row` in a [rows][D]-byte tile, swizzled so that the 8 rows
 // an ldmatrix reads at one chunk lie in distinct banks (rows of 64 bytes pair up per 128).
 template <int D>
-__device__ __forceinline__ int fp8_swz(int row, int c) {
+__host__ __device__ constexpr int fp8_swz(int row, int c) {
   if constexpr (D == 64) return row * D + ((c ^ (row >> 1)) & 3) * 16;
   else return row * D + (((c ^ row) & 7) | (c & ~7)) * 16;
 }

@@ -79,7 +79,38 @@ void check_mnmajor() {
   }
 }
 
+// An fp8 cache's Q and K tiles ([kRows x kD] e4m3 bytes, fp8_swz): offsets against CuTe's K-major
+// SW128 (kD = 128) or SW64 (kD = 64) atom of 8-bit values, and e4m3_desc per m64 slice and
+// 32-value k-step against make_gmma_desc.
+template <int kRows, int kD, int kSliceRows = kRows>
+void check_kmajor_e4m3() {
+  using E = cute::float_e4m3_t;
+  E* b8 = reinterpret_cast<E*>(buf);
+  using Atom = std::conditional_t<kD == 128, Layout_K_SW128_Atom<E>, Layout_K_SW64_Atom<E>>;
+  Tensor t = make_tensor(make_smem_ptr(b8), tile_to_shape(Atom{}, Shape<Int<kRows>, Int<kD>>{}));
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kD; ++c)
+      EXPECT(&t(r, c) - b8 == pod::fp8_swz<kD>(r, c / 16) + c % 16, "e4m3 %dx%d (%d,%d)\n", kRows, kD, r, c);
+  for (int mt = 0; mt < kRows / kSliceRows; ++mt)
+    for (int kk = 0; kk < kD / 32; ++kk) {
+      auto slice = local_tile(t, Shape<Int<kSliceRows>, _32>{}, make_coord(mt, kk));
+      GmmaDescriptor want = make_gmma_desc<Major::K>(slice);
+      for (uint32_t base : {0u, 1024u, 65536u, 163840u}) {
+        const uint32_t start = base + uint32_t(&slice(0, 0) - b8);
+        want.bitfield.start_address_ = start >> 4;
+        GmmaDescriptor ours;
+        ours.desc_ = pod::sm90::e4m3_desc<kD>(base + mt * kSliceRows * kD, kk);
+        EXPECT(ours.desc_ == want.desc_, "e4m3 %dx%d mt=%d kk=%d: descriptor %016llx, CuTe's %016llx\n", kRows,
+               kD, mt, kk, (unsigned long long)ours.desc_, (unsigned long long)want.desc_);
+      }
+    }
+}
+
 int main() {
+  check_kmajor_e4m3<128, 128, 64>();  // fp8 Q and K at head dims 128 and 64
+  check_kmajor_e4m3<128, 64, 64>();
+  check_kmajor_e4m3<64, 128>();
+  check_kmajor_e4m3<64, 64>();
   check_kmajor<128, 64, 64>();   // Q, D=64: 128 rows read as two m64 slices
   check_kmajor<128, 128, 64>();  // Q, D=128
   check_kmajor<64, 256>();       // Q, D=256 (one m64 tile)
