@@ -29,7 +29,8 @@ Three batch lists:
 
 With --kv-cache-dtype fp8 every list runs on an e4m3 KV cache and query (per-tensor descales, as
 vLLM quantizes them) against FA3's fp8 path; --fp8-decode times decodes alone at 8K to 128K
-tokens, POD and FA3 each on a bf16 and an fp8 cache.
+tokens, POD and FA3 each on a bf16 and an fp8 cache, beside a kernel that only reads the same pages
+(paged_read.py: the ceiling the paged layout sets).
 
     python -m benchmarks.kernel.bench --out benchmarks/results/kernel_h200.csv
     python -m benchmarks.kernel.bench --wide --out benchmarks/results/kernel_wide_h200.csv
@@ -386,7 +387,8 @@ FP8_DECODES = [(128, 8192), (64, 16384), (32, 32768), (16, 65536), (8, 131072)]
 
 def fp8_decode_rows(iters: int) -> list[dict]:
     """Decodes alone (SHAPE): POD and FA3 on a bf16 cache and on an fp8 one, and the speed-up fp8
-    gives each (the bytes halve)."""
+    gives each (the bytes halve), and what reading the same pages alone takes."""
+    from benchmarks.kernel.paged_read import paged_read  # Triton: on a GPU machine only
     rows = []
     for n, ctx in FP8_DECODES:
         t = {}
@@ -397,15 +399,20 @@ def fp8_decode_rows(iters: int) -> list[dict]:
             kind = "fp8" if fp8 else "bf16"
             t["pod_" + kind] = time_graph(pod_call(b, plan_batch(new_planner(spec), b), out), iters)
             t["fa3_" + kind] = time_graph(FA3(b), iters)
+            t["read_" + kind] = time_graph(paged_read(b.key_cache, b.value_cache, b.block_table, ctx), iters)
             t["bytes_" + kind] = spec.decode_bytes
             del b, out
         rows.append(dict(decodes=n, decode_ctx=ctx, pod_bf16_us=t["pod_bf16"], pod_fp8_us=t["pod_fp8"],
                          fa3_bf16_us=t["fa3_bf16"], fa3_fp8_us=t["fa3_fp8"],
+                         read_bf16_us=t["read_bf16"], read_fp8_us=t["read_fp8"],
                          pod_fp8_speedup=t["pod_bf16"] / t["pod_fp8"],
                          fa3_fp8_speedup=t["fa3_bf16"] / t["fa3_fp8"],
+                         read_fp8_speedup=t["read_bf16"] / t["read_fp8"],
                          pod_fp8_over_fa3_fp8=t["pod_fp8"] / t["fa3_fp8"],
                          pod_fp8_tbps=t["bytes_fp8"] / t["pod_fp8"] / 1e6,
-                         fa3_fp8_tbps=t["bytes_fp8"] / t["fa3_fp8"] / 1e6))
+                         fa3_fp8_tbps=t["bytes_fp8"] / t["fa3_fp8"] / 1e6,
+                         read_bf16_tbps=t["bytes_bf16"] / t["read_bf16"] / 1e6,
+                         read_fp8_tbps=t["bytes_fp8"] / t["read_fp8"] / 1e6))
         print(rows[-1], flush=True)
     return rows
 
@@ -442,6 +449,7 @@ def main():
                        torch=torch.__version__, batches="fp8 decode",
                        geomean_pod_fp8_speedup=geomean([r["pod_fp8_speedup"] for r in rows]),
                        geomean_fa3_fp8_speedup=geomean([r["fa3_fp8_speedup"] for r in rows]),
+                       geomean_read_fp8_speedup=geomean([r["read_fp8_speedup"] for r in rows]),
                        geomean_pod_fp8_over_fa3_fp8=geomean([r["pod_fp8_over_fa3_fp8"] for r in rows]))
         print(json.dumps(summary, indent=1))
         if args.out:

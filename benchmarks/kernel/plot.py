@@ -21,9 +21,13 @@ def plot_fp8_decode(rows: list[dict], out: str) -> None:
     labels = [f"{r['decodes']}x{int(r['decode_ctx']) // 1024}K" for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, (name, key) in enumerate((("FA3", "fa3"), ("POD", "pod"))):
-        ax.bar([j + 0.2 * (2 * i - 1) for j in x], [float(r[f"{key}_bf16_us"]) / float(r[f"{key}_fp8_us"])
-                                                    for r in rows], width=0.4, label=name)
+    kinds = [("FA3", "fa3"), ("POD", "pod")]
+    if "read_fp8_us" in rows[0]:
+        kinds.append(("the same pages, read alone", "read"))
+    width = 0.8 / len(kinds)
+    for i, (name, key) in enumerate(kinds):
+        ax.bar([j + width * (i - (len(kinds) - 1) / 2) for j in x],
+               [float(r[f"{key}_bf16_us"]) / float(r[f"{key}_fp8_us"]) for r in rows], width=width, label=name)
     ax.axhline(2.0, color="k", lw=0.8, ls="--", label="half the bytes: 2x")
     ax.set_xticks(list(x), labels)
     ax.set_xlabel("decodes x context (Llama-3-8B shapes, block 16)")
