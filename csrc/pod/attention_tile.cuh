@@ -238,9 +238,11 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 
+  // An fp8 cache reaches this step only in decode tiles (its prefill tiles run wgmma).
+  static_assert(!Cfg::kFp8 || M == 1, "fp8: decode tiles only");
   if constexpr (Cfg::kFp8) {
-    // An fp8 cache: sQ and sK hold e4m3 bytes (fp8_swz tiles, 16 values per 16-byte chunk), the
-    // scores run on e4m3 mma, 32 dims per k-step; only V was converted.
+    // An fp8 cache: sQ, sK and sV hold e4m3 bytes (fp8_swz tiles, 16 values per 16-byte chunk);
+    // the scores run on e4m3 mma, 32 dims per k-step.
     const uint8_t* q8 = reinterpret_cast<const uint8_t*>(sQ);
     const uint8_t* k8 = reinterpret_cast<const uint8_t*>(sK);
 #pragma unroll
@@ -286,6 +288,34 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
     masked_online_softmax<Cfg, M, NK, Mods>(st, mt, s[mt], key0, kv_end, row_pos[mt], p);
 
   // O += P V.
+  if constexpr (Cfg::kFp8) {
+    // V's bytes, regrouped in registers into the fp16 B fragments (no converted tile): lane (g, t)
+    // needs, per dim, its keys 2t, 2t + 1, 2t + 8 and 2t + 9. It loads one 32-bit word (4 dims) of
+    // each of these keys and pairs their bytes per dim (prmt). Its n-tile 4q + r, column g, then
+    // holds dim 4 (8q + g) + r: the accumulators' dims are permuted (merge_decode_warps puts them back).
+    const uint8_t* v8 = reinterpret_cast<const uint8_t*>(sV);
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int kk = 0; kk < NK / 16; ++kk) {
+      uint32_t a[4];
+      p_fragment<T, NK>(s[0], kk, a);
+      const int key = kw0 + 16 * kk + 2 * t;
+#pragma unroll
+      for (int q = 0; q < D / 32; ++q) {
+        const int c = 2 * q + (g >> 2), byte = 4 * (g & 3);  // the word's chunk, and where in it
+        auto word = [&](int k) { return *reinterpret_cast<const uint32_t*>(v8 + fp8_swz<D>(k, c) + byte); };
+        const uint32_t w0 = word(key), w1 = word(key + 1), w8 = word(key + 8), w9 = word(key + 9);
+        // [k.d0, k+1.d0, k.d1, k+1.d1] and [k.d2, k+1.d2, k.d3, k+1.d3], for both key pairs
+        const uint32_t lo = __byte_perm(w0, w1, 0x5140), hi = __byte_perm(w0, w1, 0x7362);
+        const uint32_t lo8 = __byte_perm(w8, w9, 0x5140), hi8 = __byte_perm(w8, w9, 0x7362);
+        MmaOp<T>::run(st.o[0][4 * q + 0], a, e4m3x2_to_half2(lo), e4m3x2_to_half2(lo8));
+        MmaOp<T>::run(st.o[0][4 * q + 1], a, e4m3x2_to_half2(lo >> 16), e4m3x2_to_half2(lo8 >> 16));
+        MmaOp<T>::run(st.o[0][4 * q + 2], a, e4m3x2_to_half2(hi), e4m3x2_to_half2(hi8));
+        MmaOp<T>::run(st.o[0][4 * q + 3], a, e4m3x2_to_half2(hi >> 16), e4m3x2_to_half2(hi8 >> 16));
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int kk = 0; kk < NK / 16; ++kk) {
     uint32_t a[M][4];

@@ -106,10 +106,23 @@ __device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = (lane >> 2) + 8 * r;
+      float* o_row = s_o + (warp * R + row) * D;
+      if constexpr (Cfg::kFp8) {
+        // warp_attend's fp8 P V: column n of n-tile 4q + i holds dim 4 (8q + n) + i, so lane t's
+        // columns 2t and 2t + 1 of n-tiles 4q .. 4q + 3 are dims 32q + 8t .. 32q + 8t + 7.
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j)
-        *reinterpret_cast<float2*>(s_o + (warp * R + row) * D + 8 * j + 2 * (lane & 3)) =
-            make_float2(st.o[0][j][2 * r], st.o[0][j][2 * r + 1]);
+        for (int q = 0; q < D / 32; ++q)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            *reinterpret_cast<float4*>(o_row + 32 * q + 8 * (lane & 3) + 4 * e) =
+                make_float4(st.o[0][4 * q][2 * r + e], st.o[0][4 * q + 1][2 * r + e],
+                            st.o[0][4 * q + 2][2 * r + e], st.o[0][4 * q + 3][2 * r + e]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j)
+          *reinterpret_cast<float2*>(o_row + 8 * j + 2 * (lane & 3)) =
+              make_float2(st.o[0][j][2 * r], st.o[0][j][2 * r + 1]);
+      }
       if ((lane & 3) == 0) s_lse[warp * R + row] = lse[0][r];
     }
   }

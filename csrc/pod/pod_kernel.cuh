@@ -42,13 +42,17 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   using QLayout = SwzLayout<Cfg>;
   using KVLayout = SwzLayout<Cfg>;
 #endif
-  constexpr int kStages = kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
+  // fp8 decode tiles compute on the copied bytes (warp_attend), so their byte stages take the
+  // whole ring: twice the 16-bit ring's stages in its shared memory.
+  constexpr bool kBytesOnly = Cfg::kFp8 && kIsDecode;
+  constexpr int kStages = kBytesOnly ? 2 * Cfg::kDecodeStages : kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
   constexpr int kTileElems = kKeys * Cfg::D;
   T* sQ = reinterpret_cast<T*>(smem);
-  // 16-bit caches: the K/V ring, [stage][K|V][keys][D]. fp8 caches: one 16-bit [K|V] tile that
-  // the math reads, then the ring of byte stages it is converted from (the same shared memory).
+  // 16-bit caches: the K/V ring, [stage][K|V][keys][D]. fp8 caches: the ring of byte stages
+  // ([stage][K|V][keys][D] bytes), after the 16-bit [K|V] tile that prefill tiles convert them
+  // into (the same shared memory as the 16-bit ring).
   T* sKV = sQ + kRows * Cfg::D;
-  uint8_t* staged = reinterpret_cast<uint8_t*>(sKV + 2 * kTileElems);
+  uint8_t* staged = reinterpret_cast<uint8_t*>(sKV + (kBytesOnly ? 0 : 2 * kTileElems));
   auto sK = [&](int stage) { return sKV + (Cfg::kFp8 ? 0 : 2 * stage * kTileElems); };
   auto sV = [&](int stage) { return sK(stage) + kTileElems; };
   auto stK = [&](int stage) { return staged + 2 * stage * kTileElems; };
@@ -75,10 +79,12 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, tile_start, team.tid);
     cp_async_commit();
   };
-  if constexpr (Cfg::kFp8 && kIsDecode) {
-    // Decode tiles read the query's bytes where the 16-bit query would be (half its size).
+  if constexpr (kBytesOnly) {
+    // The query's bytes where the 16-bit query would be (half its size), in tile 0's commit group.
     copy_query_rows_fp8<Cfg>(reinterpret_cast<uint8_t*>(sQ), p, it, kRows, team.tid);
-    load_tile(0);  // one commit group with the query's copies
+#pragma unroll
+    for (int t = 0; t < kStages - 1; ++t)
+      if (t == 0 || t < num_tiles) load_tile(t);
   } else if constexpr (Cfg::kFp8) {
     // The query's bytes pass through the last stage, free until the loop refills it after its
     // first barrier; each thread converts the chunks it copied.
@@ -108,10 +114,9 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       team.sync();
       if (ahead < num_tiles) load_tile(ahead);
       const int stage = t % kStages;
-      if constexpr (Cfg::kFp8) {
+      if constexpr (Cfg::kFp8 && !kBytesOnly) {
         // The barrier above also showed the 16-bit tile free (the math on tile t - 1 is done).
-        convert_kv_tile_fp8<Cfg, kKeys, KVLayout, !kIsDecode>(stK(stage), stV(stage), sK(stage), sV(stage),
-                                                             team.tid);
+        convert_kv_tile_fp8<Cfg, kKeys, KVLayout>(stK(stage), stV(stage), sK(stage), sV(stage), team.tid);
         if constexpr (kWgmma) fence_proxy_async();
         team.sync();
       }
@@ -120,9 +125,10 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
         if constexpr (kIsDecode) {
           if (warp < Cfg::kDecodeWarps) {
             const int kw0 = warp * Cfg::kDecodeWarpKeys;
-            // fp8: the scores read K's bytes from the stage (warp_attend).
-            const T* keys = Cfg::kFp8 ? reinterpret_cast<const T*>(stK(stage)) : sK(stage);
-            warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, keys, sV(stage), 0, kw0,
+            // fp8: K's and V's bytes, straight from the stage (warp_attend).
+            const T* keys = kBytesOnly ? reinterpret_cast<const T*>(stK(stage)) : sK(stage);
+            const T* values = kBytesOnly ? reinterpret_cast<const T*>(stV(stage)) : sV(stage);
+            warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, keys, values, 0, kw0,
                                                             tile_start + kw0, it.kv_end, row_pos, p);
           }
         } else if constexpr (kWgmma) {

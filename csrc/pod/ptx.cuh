@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cstdint>
 #include <type_traits>
 
@@ -85,6 +86,12 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], 
 #else
   __trap();  // fp8 configurations run on sm_90 only
 #endif
+}
+
+// Two e4m3 values (the low 16 bits of w, lowest first) as two fp16 values in one register: exact.
+__device__ __forceinline__ uint32_t e4m3x2_to_half2(uint32_t w) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffff), __NV_E4M3);
+  return uint32_t(h.x) | (uint32_t(h.y) << 16);
 }
 
 // Two floats packed into one 32-bit register of T (the A operand of P·V, and output stores).

@@ -2,7 +2,6 @@
 // paged cache (any block/token/head strides; the head dim is contiguous). The Cfg::kThreads threads
 // of one team take part; tid is a thread's index in it.
 #pragma once
-#include <cuda_fp8.h>
 #include "ptx.cuh"
 #include "tile_config.cuh"
 
@@ -17,11 +16,8 @@ struct SwzLayout {
 
 // Eight e4m3 values (bytes, lowest first) as eight fp16 values: exact.
 __device__ __forceinline__ uint4 e4m3x8_to_half8(uint2 x) {
-  auto pair = [](uint32_t w) {
-    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w), __NV_E4M3);
-    return uint32_t(h.x) | (uint32_t(h.y) << 16);
-  };
-  return make_uint4(pair(x.x & 0xffff), pair(x.x >> 16), pair(x.y & 0xffff), pair(x.y >> 16));
+  return make_uint4(e4m3x2_to_half2(x.x), e4m3x2_to_half2(x.x >> 16), e4m3x2_to_half2(x.y),
+                    e4m3x2_to_half2(x.y >> 16));
 }
 
 // The source of each 16-byte chunk of an item's query rows, for elements of Elem (the 16-bit
@@ -106,9 +102,10 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 }
 
 // fp8 caches: query rows and K/V tiles are copied as bytes (the walks above with byte elements)
-// into a staging stage ([rows or keys][D] bytes, fp8_swz) and converted from there into a
-// 16-bit tile of the math's layout (decode tiles read Q and K as bytes, converting V alone). Each thread converts exactly the 16-byte chunks it copied, so
-// its own cp.async wait suffices before it converts (no barrier between copy and conversion).
+// into byte tiles ([rows or keys][D] bytes, fp8_swz). Decode tiles compute on them as they are;
+// prefill tiles convert V (and, in the two-CTA kernel, Q and K) into a 16-bit tile of the math's
+// layout. Each thread converts exactly the 16-byte chunks it copied, so its own cp.async wait
+// suffices before it converts (no barrier between copy and conversion).
 template <class Cfg>
 __device__ __forceinline__ int fp8_staged(int row, int c) { return fp8_swz<Cfg::D>(row, c); }
 
@@ -142,7 +139,7 @@ __device__ __forceinline__ void copy_kv_tile_fp8(uint8_t* stK, uint8_t* stV, con
   });
 }
 
-// kConvertK: false for decode tiles, whose scores read K's bytes.
+// kConvertK: false where K stays bytes (the warp-specialized prefill, whose wgmma reads them).
 template <class Cfg, int kKeys, class Layout, bool kConvertK = true>
 __device__ __forceinline__ void convert_kv_tile_fp8(const uint8_t* stK, const uint8_t* stV,
                                                     typename Cfg::T* sK, typename Cfg::T* sV, int tid) {
