@@ -105,6 +105,25 @@ def test_sweep_script_runs_every_backend_and_workload_through_vllms_own_sweep(tm
     assert [dict(item) for item in pod_only] == [{"_benchmark_name": "POD", "attention_backend": "CUSTOM"}]
 
 
+def test_full_graphs_backends_serve_under_cudagraph_mode_full():
+    """configs/backends/full-graphs.json: POD and FLASH_ATTN servers under full CUDA graphs of mixed
+    batches (`vllm serve ... -O '{"cudagraph_mode": "FULL"}'`), as vLLM parses the flag."""
+    pytest.importorskip("vllm.benchmarks.sweep")
+    from vllm.benchmarks.sweep.param_sweep import ParameterSweep
+    from vllm.config import CompilationConfig, CUDAGraphMode
+
+    items = ParameterSweep.read_json(REPO / "configs/backends/full-graphs.json")
+    base = ["vllm", "serve", "/m", "--max-num-batched-tokens", "1024"]
+    seen = []
+    for item in items:
+        cmd = item.apply_to_cmd(base)
+        flags = dict(zip(cmd, cmd[1:]))
+        seen.append(flags["--attention-backend"])
+        config = CompilationConfig(**json.loads(flags["--compilation-config"]))
+        assert config.cudagraph_mode == CUDAGraphMode.FULL
+    assert seen == ["CUSTOM", "FLASH_ATTN"]
+
+
 # --- command lines -------------------------------------------------------------------------------
 
 def test_serve_command_and_backend_selection():
