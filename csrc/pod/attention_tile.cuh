@@ -1,8 +1,9 @@
 // The per-warp attention step shared by both tile kinds: 16*M query rows against NK keys of the
 // K/V tile in shared memory (S = Q K^T, masked online softmax, O += P V) on mma.sync m16n8k16.
 // A prefill warp takes all keys of the tile for its own 16*M rows (M = 1 unless a tuning build
-// says otherwise); a decode warp takes a 16-key slice for the tile's only 16 rows. The masked
-// softmax and the P fragments are shared with the Hopper prefill step (attention_tile_sm90.cuh).
+// says otherwise); a decode warp takes a 16-key slice for the tile's only 16 rows (on an fp8
+// cache straight from the byte tiles: scores on e4m3 mma, V regrouped into fp16 fragments). The
+// masked softmax and the P fragments are shared with the Hopper prefill step (attention_tile_sm90.cuh).
 #pragma once
 #include <cmath>
 #include "ptx.cuh"
