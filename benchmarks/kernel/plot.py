@@ -21,9 +21,7 @@ def plot_fp8_decode(rows: list[dict], out: str) -> None:
     labels = [f"{r['decodes']}x{int(r['decode_ctx']) // 1024}K" for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    kinds = [("FA3", "fa3"), ("POD", "pod")]
-    if "read_fp8_us" in rows[0]:
-        kinds.append(("the same pages, read alone", "read"))
+    kinds = [("FA3", "fa3"), ("POD", "pod"), ("the same pages, read alone", "read")]
     width = 0.8 / len(kinds)
     for i, (name, key) in enumerate(kinds):
         ax.bar([j + width * (i - (len(kinds) - 1) / 2) for j in x],

@@ -43,9 +43,9 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   using KVLayout = SwzLayout<Cfg>;
 #endif
   // fp8 decode tiles compute on the copied bytes (warp_attend), so their byte stages take the
-  // whole ring: twice the 16-bit ring's stages in its shared memory.
+  // whole ring (Cfg::kDecodeByteStages).
   constexpr bool kBytesOnly = Cfg::kFp8 && kIsDecode;
-  constexpr int kStages = kBytesOnly ? 2 * Cfg::kDecodeStages : kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
+  constexpr int kStages = kBytesOnly ? Cfg::kDecodeByteStages : kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
   constexpr int kTileElems = kKeys * Cfg::D;
   T* sQ = reinterpret_cast<T*>(smem);
   // 16-bit caches: the K/V ring, [stage][K|V][keys][D]. fp8 caches: the ring of byte stages
@@ -79,13 +79,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, tile_start, team.tid);
     cp_async_commit();
   };
-  if constexpr (kBytesOnly) {
-    // The query's bytes where the 16-bit query would be (half its size), in tile 0's commit group.
-    copy_query_rows_fp8<Cfg>(reinterpret_cast<uint8_t*>(sQ), p, it, kRows, team.tid);
-#pragma unroll
-    for (int t = 0; t < kStages - 1; ++t)
-      if (t == 0 || t < num_tiles) load_tile(t);
-  } else if constexpr (Cfg::kFp8) {
+  if constexpr (Cfg::kFp8 && !kBytesOnly) {
     // The query's bytes pass through the last stage, free until the loop refills it after its
     // first barrier; each thread converts the chunks it copied.
     static_assert(kRows <= 2 * kKeys, "the query's bytes fit one stage");
@@ -96,7 +90,10 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
     cp_async_wait_newest<kStages - 1>(ahead);
     convert_query_rows_fp8<Cfg, QLayout>(stK(kStages - 1), sQ, kRows, team.tid);
   } else {
-    load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
+    // fp8 decode tiles: the query's bytes where the 16-bit query would be (half its size). The
+    // query lands in tile 0's commit group.
+    if constexpr (kBytesOnly) copy_query_rows_fp8<Cfg>(reinterpret_cast<uint8_t*>(sQ), p, it, kRows, team.tid);
+    else load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
 #pragma unroll
     for (int t = 0; t < kStages - 1; ++t)
       if (t == 0 || t < num_tiles) load_tile(t);  // every item has at least one tile

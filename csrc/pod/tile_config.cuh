@@ -8,8 +8,9 @@
 namespace pod {
 
 // kHopper_: the sm_90a configuration, whose prefill tiles run on wgmma (attention_tile_sm90.cuh).
-// kFp8_: an fp8 (e4m3) KV cache and query, converted to fp16 in shared memory (exactly: every e4m3
-// value is an fp16 value), so T, the type the tiles compute in, is __half (tile_loader.cuh).
+// kFp8_: an fp8 (e4m3) KV cache and query. Scores run on e4m3 operands; values are converted to
+// fp16 (exactly: every e4m3 value is an fp16 value), so T, the type P V and the 16-bit tiles use,
+// is __half (tile_loader.cuh, attention_tile.cuh).
 template <typename T_, int D_, bool kHopper_ = false, bool kFp8_ = false>
 struct TileConfig {
   using T = T_;
@@ -47,10 +48,15 @@ struct TileConfig {
   static constexpr int kPrefillStages = 2;
   static constexpr int kDecodeStages = 2;
   // Bytes of a team's K/V region of `stages` stages of `keys` keys ([stage][K|V][keys][D]): for
-  // an fp8 cache, one 16-bit [K|V] tile that the math reads, then the byte stages (run_item).
+  // an fp8 cache, one 16-bit [K|V] tile that prefill tiles convert into, then the byte stages;
+  // decode tiles use the whole region as byte stages (run_item).
   static constexpr size_t ring_bytes(int stages, int keys) {
     return 2 * size_t(keys) * D * (kFp8 ? sizeof(T) + stages : stages * sizeof(T));
   }
+  // fp8 decode tiles' byte stages: twice the 16-bit ring's stages, in its shared memory.
+  static constexpr int kDecodeByteStages = 2 * kDecodeStages;
+  static_assert(!kFp8 || size_t(kDecodeByteStages) * 2 * kDecodeKeys * D <= ring_bytes(kDecodeStages, kDecodeKeys),
+                "fp8 decode tiles' byte stages fit the decode region");
   static constexpr int kQElems = kPrefillRows * D;
   static constexpr size_t kSmemBytes =
       sizeof(T) * kQElems + (ring_bytes(kPrefillStages, kPrefillKeys) > ring_bytes(kDecodeStages, kDecodeKeys)

@@ -19,6 +19,12 @@ __device__ __forceinline__ uint4 e4m3x8_to_half8(uint2 x) {
   return make_uint4(e4m3x2_to_half2(x.x), e4m3x2_to_half2(x.x >> 16), e4m3x2_to_half2(x.y),
                     e4m3x2_to_half2(x.y >> 16));
 }
+// One 16-byte chunk of e4m3 values at src as 16 fp16 values: the first 8 at lo, the rest at hi.
+__device__ __forceinline__ void convert_chunk_fp8(const uint8_t* src, __half* lo, __half* hi) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  *reinterpret_cast<uint4*>(lo) = e4m3x8_to_half8(make_uint2(raw.x, raw.y));
+  *reinterpret_cast<uint4*>(hi) = e4m3x8_to_half8(make_uint2(raw.z, raw.w));
+}
 
 // The source of each 16-byte chunk of an item's query rows, for elements of Elem (the 16-bit
 // type, or uint8_t for an fp8 query): copy(r, c, src, valid) for row r = token * nh + head of the
@@ -107,13 +113,10 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 // layout. Each thread converts exactly the 16-byte chunks it copied, so its own cp.async wait
 // suffices before it converts (no barrier between copy and conversion).
 template <class Cfg>
-__device__ __forceinline__ int fp8_staged(int row, int c) { return fp8_swz<Cfg::D>(row, c); }
-
-template <class Cfg>
 __device__ __forceinline__ void copy_query_rows_fp8(uint8_t* staged, const PodParams& p, const WorkItem& it,
                                                     int rows, int tid) {
   for_each_query_chunk<Cfg, uint8_t>(p, it, rows, tid, [&](int r, int c, const void* src, bool valid) {
-    cp_async_16(staged + fp8_staged<Cfg>(r, c), src, valid);
+    cp_async_16(staged + fp8_swz<Cfg::D>(r, c), src, valid);
   });
 }
 template <class Cfg, class Layout>
@@ -122,9 +125,7 @@ __device__ __forceinline__ void convert_query_rows_fp8(const uint8_t* staged, ty
   constexpr int kChunks = Cfg::D / 16;  // for_each_query_chunk's chunks of bytes
   for (int idx = tid; idx < rows * kChunks; idx += Cfg::kThreads) {
     const int r = idx / kChunks, c = idx % kChunks;
-    const uint4 raw = *reinterpret_cast<const uint4*>(staged + fp8_staged<Cfg>(r, c));
-    *reinterpret_cast<uint4*>(sQ + Layout::at(r, c * 16)) = e4m3x8_to_half8(make_uint2(raw.x, raw.y));
-    *reinterpret_cast<uint4*>(sQ + Layout::at(r, c * 16 + 8)) = e4m3x8_to_half8(make_uint2(raw.z, raw.w));
+    convert_chunk_fp8(staged + fp8_swz<Cfg::D>(r, c), sQ + Layout::at(r, c * 16), sQ + Layout::at(r, c * 16 + 8));
   }
 }
 
@@ -134,8 +135,8 @@ __device__ __forceinline__ void copy_kv_tile_fp8(uint8_t* stK, uint8_t* stV, con
   const KvChunkMap<Cfg, kKeys, uint8_t> m(tid);
   for_each_kv_chunk<Cfg, kKeys, uint8_t>(p, it, tile_start, tid,
                                          [&](int j, const void* ks, const void* vs, bool valid) {
-    cp_async_16(stK + fp8_staged<Cfg>(m.key0 + j, m.c), ks, valid);
-    cp_async_16(stV + fp8_staged<Cfg>(m.key0 + j, m.c), vs, valid);
+    cp_async_16(stK + fp8_swz<Cfg::D>(m.key0 + j, m.c), ks, valid);
+    cp_async_16(stV + fp8_swz<Cfg::D>(m.key0 + j, m.c), vs, valid);
   });
 }
 
@@ -146,9 +147,8 @@ __device__ __forceinline__ void convert_kv_tile_fp8(const uint8_t* stK, const ui
   using Map = KvChunkMap<Cfg, kKeys, uint8_t>;
   const Map m(tid);
   auto convert = [&](const uint8_t* st, typename Cfg::T* dst, int j) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(st + fp8_staged<Cfg>(m.key0 + j, m.c));
-    *reinterpret_cast<uint4*>(dst + Layout::at(m.key0 + j, m.c * 16)) = e4m3x8_to_half8(make_uint2(raw.x, raw.y));
-    *reinterpret_cast<uint4*>(dst + Layout::at(m.key0 + j, m.c * 16 + 8)) = e4m3x8_to_half8(make_uint2(raw.z, raw.w));
+    const int key = m.key0 + j;
+    convert_chunk_fp8(st + fp8_swz<Cfg::D>(key, m.c), dst + Layout::at(key, m.c * 16), dst + Layout::at(key, m.c * 16 + 8));
   };
 #pragma unroll
   for (int j = 0; j < Map::kKeysPerThread; ++j) {
