@@ -1,8 +1,8 @@
 """CPU checks of the kernel-level benchmark tools' own logic (their timings run on the GPU)."""
 
 from benchmarks.kernel.attention_share import layer_gemm_shapes
-from benchmarks.kernel.bench import (feature_batches, grid, parse_planner, planner_kwargs, wide_batch,
-                                     wide_batches)
+from benchmarks.kernel.bench import (feature_batches, grid, parse_planner, planner_kwargs, verify_batches,
+                                     wide_batch, wide_batches)
 
 
 def test_llama_layer_gemms_follow_the_model_config():
@@ -46,6 +46,18 @@ def test_feature_table_holds_each_family_layer_in_both_regimes():
     windowed = [b for b in batches if "sliding_window" in b.features]
     assert all(b.features["sliding_window"] < c + p for b in windowed for c, p in b.prefills)
     assert all(b.columns["features"] or b.shape["head_dim"] == 96 for b in batches)
+
+
+def test_verify_table_holds_steps_that_fit_a_decode_tile_and_steps_that_do_not():
+    batches = verify_batches()
+    names = [b.columns["batch"] for b in batches]
+    assert len(set(names)) == len(names)
+    assert all(b.prefills and b.decodes for b in batches), "every batch is hybrid"
+    # Rows of a verify step: its tokens x the GQA group; a decode tile holds 16.
+    rows = {c * b.shape["num_q_heads"] // b.shape["num_kv_heads"] for b in batches for c, _ in b.prefills if c <= 8}
+    assert {8, 16} <= rows and {20, 32} <= rows
+    assert {2, 4, 5, 8} == {c for b in batches for c, _ in b.prefills if c <= 8}
+    assert any(max(c for c, _ in b.prefills) >= 1024 for b in batches), "verify steps beside a prefill chunk"
 
 
 def test_grid_keeps_its_axes_as_columns():

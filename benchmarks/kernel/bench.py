@@ -16,7 +16,7 @@ max(pod_prefill, pod_decode) / (pod_prefill + pod_decode) for a perfect one. Eac
 checked against FA3's before timing. Writes a CSV and a JSON summary; plot with
 benchmarks/kernel/plot.py.
 
-Three batch lists:
+Four batch lists:
 - the grid (default): Llama-3-8B per-GPU shapes (32 q heads, 8 KV heads, head dim 128, block 16),
   one prefill chunk of 512/1024/2048 tokens after a prefix of 0/4096/12288 beside 16/64/128
   decodes of 2048/8192 tokens;
@@ -25,7 +25,10 @@ Three batch lists:
   shapes of Llama-3-70B under tensor parallelism 2 and 4;
 - the feature table (--features): the attention layers of the families that need a sliding window,
   a logits soft-cap, attention sinks or head dim 96, at their shapes, with FA3 given the same
-  features.
+  features;
+- the verify table (--verify): speculative decoding's verify steps of 2 to 8 tokens (placed after
+  the decodes, as vLLM orders them) beside one-token decodes, at GQA 4 and 8, some with a prefill
+  chunk.
 
 With --kv-cache-dtype fp8 every list runs on an e4m3 KV cache and query (per-tensor descales, as
 vLLM quantizes them) against FA3's fp8 path; --fp8-decode times decodes alone at 8K to 128K
@@ -35,6 +38,7 @@ tokens, POD and FA3 each on a bf16 and an fp8 cache, beside a kernel that only r
     python -m benchmarks.kernel.bench --out benchmarks/results/kernel_h200.csv
     python -m benchmarks.kernel.bench --wide --out benchmarks/results/kernel_wide_h200.csv
     python -m benchmarks.kernel.bench --features --out benchmarks/results/kernel_features_h200.csv
+    python -m benchmarks.kernel.bench --verify --out benchmarks/results/kernel_verify_h200.csv
     python -m benchmarks.kernel.bench --kv-cache-dtype fp8 --out benchmarks/results/kernel_fp8_h200.csv
     python -m benchmarks.kernel.bench --fp8-decode --out benchmarks/results/kernel_fp8_decode_h200.csv
 """
@@ -186,6 +190,29 @@ FAMILY_LAYERS = [
      dict(sinks=True)),
     ("Phi-3-mini (head dim 96)", dict(num_q_heads=32, num_kv_heads=32, head_dim=96), dict()),
 ]
+
+
+# Speculative decoding's verify steps (1 + K tokens of a request, placed by vLLM after the one-token
+# decodes, as prefill chunks) beside the decodes of requests without a draft: GQA 4 and 8, so that
+# some steps fit a decode tile (tokens x GQA group <= 16 rows) and some take a prefill tile.
+VERIFY_TOKENS = {4: (2, 4, 5, 8), 8: (2, 4)}
+
+
+def verify_batches() -> list[HybridBatch]:
+    batches = []
+    for group, tokens in VERIFY_TOKENS.items():
+        shape = dict(num_q_heads=8 * group, num_kv_heads=8)
+        for n in tokens:
+            batches.append(wide_batch(f"GQA {group}: 32 verify steps of {n} tokens beside 32 decodes, 8K",
+                                      [(n, 8192)] * 32, [(32, 8192)], **shape))
+    batches += [
+        wide_batch("GQA 4: 16 verify steps of 8 tokens beside 16 decodes, 32K", [(8, 32768)] * 16, [(16, 32768)]),
+        wide_batch("GQA 4: 32 verify steps of 4 tokens and a 1024 chunk beside 32 decodes, 8K",
+                   [(4, 8192)] * 32 + [(1024, 4096)], [(32, 8192)]),
+        wide_batch("GQA 4: 32 verify steps of 8 tokens and a 1024 chunk beside 32 decodes, 8K",
+                   [(8, 8192)] * 32 + [(1024, 4096)], [(32, 8192)]),
+    ]
+    return batches
 
 
 def feature_batches() -> list[HybridBatch]:
@@ -375,6 +402,8 @@ def batches_from_args(args) -> list[HybridBatch]:
         batches = [grid_batch(*(int(x) for x in args.only.split(",")))]
     elif args.features:
         batches = feature_batches()[::args.stride]
+    elif args.verify:
+        batches = verify_batches()[::args.stride]
     else:
         batches = (wide_batches() if args.wide else grid())[::args.stride]
     for spec in batches:
@@ -424,6 +453,8 @@ def main():
     tables.add_argument("--wide", action="store_true", help="the wide table instead of the grid")
     tables.add_argument("--features", action="store_true",
                         help="the feature table (sliding window, soft-cap, sinks) instead of the grid")
+    tables.add_argument("--verify", action="store_true",
+                        help="speculative decoding's verify steps (2-8 tokens) beside decodes instead of the grid")
     tables.add_argument("--fp8-decode", action="store_true",
                         help="decodes alone on bf16 and fp8 caches, POD and FA3 (the fp8 speed-up)")
     ap.add_argument("--kv-cache-dtype", choices=("auto", "fp8"), default="auto",
@@ -475,9 +506,11 @@ def main():
     planner = new_planner(**planner_options[0])
     summary = dict(gpu=torch.cuda.get_device_properties(0).name, date=time.strftime("%Y-%m-%d"),
                    torch=torch.__version__,
-                   batches="wide" if args.wide else "features" if args.features else "grid",
+                   batches="wide" if args.wide else "features" if args.features else
+                   "verify" if args.verify else "grid",
                    kv_cache_dtype=args.kv_cache_dtype,
-                   shape=None if args.wide or args.features else {k: str(v) for k, v in SHAPE.items()},
+                   shape=None if args.wide or args.features or args.verify else
+                   {k: str(v) for k, v in SHAPE.items()},
                    ctas_per_sm=planner.ctas_per_sm, prefill_tile_rows=planner.prefill_rows,
                    split_targets=planner.split_targets, min_decode_slots=planner.min_decode_slots,
                    **summarize(rows))
