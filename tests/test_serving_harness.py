@@ -82,25 +82,27 @@ def test_sweep_script_runs_every_backend_and_workload_through_vllms_own_sweep(tm
     for s in servers:
         assert s[s.index("serve") + 1] == model_dir and (model_dir and Path(model_dir, "tokenizer.json").exists())
         assert s[s.index("--max-num-batched-tokens") + 1] == "2048" and "--no-enable-prefix-caching" in s
-    # Three request rates x two runs per server, each a command vLLM's bench client accepts.
-    assert len(benches) == 3 * 3 * 2
+    # Five request rates x two runs per server, each a command vLLM's bench client accepts.
+    assert len(benches) == 3 * 5 * 2
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     bench = lambda argv: parser.parse_args(argv[argv.index("bench") + 2:])  # noqa: E731
     rates = sorted({bench(b).request_rate for b in benches})
-    assert rates == [0.5, 1.0, 1.5]
+    assert rates == [0.5, 1.0, 1.5, 2.0, 3.0]
     args = bench(benches[0])
     assert (args.random_input_len, args.random_output_len, args.num_prompts) == (6000, 200, 32)
     assert args.tokenizer == model_dir and args.save_result and args.ignore_eos and args.seed == 0
     assert args.result_filename == "run=0.json" and args.percentile_metrics == "ttft,tpot,itl,e2el"
     assert args.metric_percentiles == "50,90,99"
     # The other workloads through the same command.
-    for name in ("mixed", "saturating", "soak"):
+    for name in ("mixed", "saturating", "decode-heavy", "soak"):
         for item in ParameterSweep.read_json(REPO / f"configs/workloads/{name}.json"):
             args = bench(item.apply_to_cmd(benches[0]))
             assert args.random_input_len == item["random_input_len"] and args.num_prompts == item["num_prompts"]
-    assert bench(ParameterSweep.read_json(REPO / "configs/workloads/saturating.json")[0].apply_to_cmd(
-        benches[0])).max_concurrency == 128
+    assert [bench(item.apply_to_cmd(benches[0])).max_concurrency
+            for item in ParameterSweep.read_json(REPO / "configs/workloads/saturating.json")] == [32, 64, 128]
+    heavy = bench(ParameterSweep.read_json(REPO / "configs/workloads/decode-heavy.json")[0].apply_to_cmd(benches[0]))
+    assert heavy.random_output_len > heavy.random_input_len and heavy.max_concurrency == 128
     pod_only = ParameterSweep.read_json(REPO / "configs/backends/pod.json")
     assert [dict(item) for item in pod_only] == [{"_benchmark_name": "POD", "attention_backend": "CUSTOM"}]
 
@@ -239,13 +241,15 @@ def test_signal_handling_leaves_no_group_behind(tmp_path):
 def write_sweep_results(root: Path, runs_per_backend: dict[str, list[float]]) -> None:
     """Recorded `vllm bench serve` results laid out as vLLM's sweep writes them: one folder per
     (backend, workload) with a summary.json listing the runs, serve and bench parameters merged in
-    (the bench entry's name last, as vLLM merges them). runs_per_backend: a TTFT scale per run."""
+    (the bench entry's name last, as vLLM merges them). runs_per_backend: a scale per run, of the
+    TTFT and (its inverse) of the throughput."""
     for backend, scales in runs_per_backend.items():
         for rate in (2, 4):
             base = json.loads((RUNS / f"llama-3-8b__chunk1024__{backend}__sweep__rate{rate}.json").read_text())
             records = []
             for run, scale in enumerate(scales):
                 record = dict(base, p50_ttft_ms=base["p50_ttft_ms"] * scale, run_number=run,
+                              request_throughput=base["request_throughput"] / scale,
                               attention_backend="CUSTOM" if backend == "POD" else backend,
                               _benchmark_name=f"sweep-rate{rate}", request_rate=rate)
                 records.append(record)
@@ -271,9 +275,18 @@ def test_ratios_take_the_median_run_of_each_backend_against_flash_attn(tmp_path)
     assert "| sweep-rate4 | FLASHINFER | 1 |" in text and "| FLASH_ATTN |" not in text
     assert write_ratios(experiment) == text
     assert (experiment / "ratios.md").read_text() == text and (experiment / "ratios.png").stat().st_size > 0
+    # The throughput's spread over runs, (max - min) / median, for the backend and the baseline.
+    assert table["sweep-rate2"]["POD"]["spread"] == pytest.approx((1 / 1.0 - 1 / 3.0) / (1 / 1.5))
+    assert table["sweep-rate2"]["FLASH_ATTN"]["spread"] == pytest.approx((1 - 1 / 1.2) / 1.0)
+    assert row.endswith(f" | {100 * (1 - 1 / 3) * 1.5:.1f}% | {100 * (1 - 1 / 1.2):.1f}% |")
     # Several experiments under one folder: each workload is named by its experiment too.
     write_sweep_results(tmp_path / "other", {"FLASH_ATTN": [1.0], "POD": [1.0]})
     assert "llama-3-8b-chunk1024-sweep: sweep-rate2" in load_medians(tmp_path)
+    # Repeats run as experiments of their own (run1, run2: alternating the backends) pool.
+    for run in (1, 2):
+        write_sweep_results(tmp_path / "alternated" / f"run{run}", {"FLASH_ATTN": [1.0], "POD": [1.0 + run]})
+    pooled = load_medians(tmp_path / "alternated")
+    assert set(pooled) == {"sweep-rate2", "sweep-rate4"} and pooled["sweep-rate2"]["POD"]["runs"] == 2
 
 
 def stand_in_sweep(experiment: Path, failed: int, output: str) -> list[str]:

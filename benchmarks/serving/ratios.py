@@ -3,13 +3,15 @@
 vLLM's sweep writes, per (backend, workload) combination, a summary.json: the list of that
 combination's runs, each `vllm bench serve`'s result with the serve and bench parameters merged
 in. `vllm bench sweep plot` draws metrics against parameters; this adds what it does not: one table
-(and one bar plot) of every backend against the baseline, per workload, the median over the runs.
+(and one bar plot) of every backend against the baseline, per workload, the median over the runs
+and the spread of the throughput between them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +22,7 @@ BACKEND_NAMES = {"CUSTOM": "POD"}
 METRICS = (("p50_ttft_ms", "TTFT p50"), ("p99_ttft_ms", "TTFT p99"), ("p50_tpot_ms", "TPOT p50"),
            ("p99_itl_ms", "ITL p99"), ("p50_e2el_ms", "E2EL p50"), ("p99_e2el_ms", "E2EL p99"),
            ("request_throughput", "throughput"))
+THROUGHPUT = "request_throughput"
 
 
 def backend_of(record: dict) -> str:
@@ -27,24 +30,35 @@ def backend_of(record: dict) -> str:
     return BACKEND_NAMES.get(name, name)
 
 
+def experiment_of(summary: Path) -> Path:
+    """The experiment a combination's summary.json belongs to: its folder's parent, or that
+    parent's parent for repeats run as experiments of their own (run1, run2, ...: the backends
+    alternate between repeats), whose runs pool."""
+    experiment = summary.parent.parent
+    return experiment.parent if re.fullmatch(r"run\d+", experiment.name) else experiment
+
+
 def load_medians(results_dir: Path) -> dict[str, dict[str, dict]]:
-    """{workload: {backend: {metric: median over runs, 'runs': n}}} from every summary.json under
-    results_dir; the workload is the bench-params entry's name, prefixed by the experiment's
-    directory when results_dir holds several experiments."""
+    """{workload: {backend: {metric: median over runs, 'runs': n, 'spread': (max - min) / median
+    of the throughput}}} from every summary.json under results_dir; the workload is the
+    bench-params entry's name, prefixed by the experiment's directory when results_dir holds
+    several experiments."""
     runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
     summaries = sorted(Path(results_dir).rglob("summary.json"))
-    experiments = {p.parent.parent for p in summaries}
+    experiments = {experiment_of(p) for p in summaries}
     for path in summaries:
         for record in json.loads(path.read_text(encoding="utf-8")):
             workload = str(record.get("_benchmark_name", path.parent.name))
             if len(experiments) > 1:
-                workload = f"{path.parent.parent.name}: {workload}"
+                workload = f"{experiment_of(path).name}: {workload}"
             runs[(workload, backend_of(record))].append(record)
     table: dict[str, dict[str, dict]] = defaultdict(dict)
     for (workload, backend), records in runs.items():
         medians = {key: statistics.median(r[key] for r in records) for key, _ in METRICS
                    if all(r.get(key) is not None for r in records)}
-        table[workload][backend] = medians | {"runs": len(records)}
+        throughput = [r[THROUGHPUT] for r in records if r.get(THROUGHPUT) is not None]
+        spread = (max(throughput) - min(throughput)) / statistics.median(throughput) if throughput else None
+        table[workload][backend] = medians | {"runs": len(records), "spread": spread}
     return table
 
 
@@ -55,13 +69,19 @@ def ratio(table_row: dict[str, dict], backend: str, key: str) -> float | None:
 
 def markdown(table: dict[str, dict[str, dict]]) -> str:
     lines = [f"Ratio to {BASELINE} (median over runs; latencies: lower is better, throughput: higher is "
-             "better).", "", "| workload | backend | runs | " + " | ".join(label for _, label in METRICS) + " |",
-             "|---|---|---|" + "---|" * len(METRICS)]
+             "better). Spread: (max - min) / median of a backend's throughput over its runs, the "
+             f"backend's and {BASELINE}'s: a gap smaller than these is not a gain.", "",
+             "| workload | backend | runs | " + " | ".join(label for _, label in METRICS)
+             + f" | spread | {BASELINE}'s spread |",
+             "|---|---|---|" + "---|" * (len(METRICS) + 2)]
+    percent = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     for workload in sorted(table):
-        for backend in sorted(b for b in table[workload] if b != BASELINE):
-            cells = [ratio(table[workload], backend, key) for key, _ in METRICS]
-            lines.append(f"| {workload} | {backend} | {table[workload][backend]['runs']} | "
-                         + " | ".join("-" if c is None else f"{c:.2f}x" for c in cells) + " |")
+        row = table[workload]
+        for backend in sorted(b for b in row if b != BASELINE):
+            cells = [ratio(row, backend, key) for key, _ in METRICS]
+            lines.append(f"| {workload} | {backend} | {row[backend]['runs']} | "
+                         + " | ".join("-" if c is None else f"{c:.2f}x" for c in cells)
+                         + f" | {percent(row[backend]['spread'])} | {percent(row.get(BASELINE, {}).get('spread'))} |")
     return "\n".join(lines) + "\n"
 
 
