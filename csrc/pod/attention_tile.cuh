@@ -315,22 +315,22 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
         MmaOp<T>::run(st.o[0][4 * q + 3], a, e4m3x2_to_half2(hi >> 16), e4m3x2_to_half2(hi8 >> 16));
       }
     }
-    return;
-  }
+  } else {
 #pragma unroll
-  for (int kk = 0; kk < NK / 16; ++kk) {
-    uint32_t a[M][4];
+    for (int kk = 0; kk < NK / 16; ++kk) {
+      uint32_t a[M][4];
 #pragma unroll
-    for (int mt = 0; mt < M; ++mt) p_fragment<T, NK>(s[mt], kk, a[mt]);
+      for (int mt = 0; mt < M; ++mt) p_fragment<T, NK>(s[mt], kk, a[mt]);
 #pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, sV + Cfg::swz(kw0 + kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                         dp * 16 + (lane >> 4) * 8));
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, sV + Cfg::swz(kw0 + kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                           dp * 16 + (lane >> 4) * 8));
 #pragma unroll
-      for (int mt = 0; mt < M; ++mt) {
-        MmaOp<T>::run(st.o[mt][2 * dp], a[mt], b[0], b[1]);
-        MmaOp<T>::run(st.o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+        for (int mt = 0; mt < M; ++mt) {
+          MmaOp<T>::run(st.o[mt][2 * dp], a[mt], b[0], b[1]);
+          MmaOp<T>::run(st.o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+        }
       }
     }
   }
