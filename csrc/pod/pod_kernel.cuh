@@ -113,7 +113,8 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       const int stage = t % kStages;
       if constexpr (Cfg::kFp8 && !kBytesOnly) {
         // The barrier above also showed the 16-bit tile free (the math on tile t - 1 is done).
-        convert_kv_tile_fp8<Cfg, kKeys, KVLayout>(stK(stage), stV(stage), sK(stage), sV(stage), team.tid);
+        convert_tile_fp8<Cfg, kKeys, KVLayout>(stK(stage), sK(stage), team.tid);
+        convert_tile_fp8<Cfg, kKeys, KVLayout>(stV(stage), sV(stage), team.tid);
         if constexpr (kWgmma) fence_proxy_async();
         team.sync();
       }

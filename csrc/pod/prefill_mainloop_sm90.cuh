@@ -86,8 +86,7 @@ __device__ __forceinline__ void produce_item_fp8(const PodParams& p, const WorkI
     if (newest) cp_async_wait<0>();
     else cp_async_wait<1>();
     ring.v_empty[pos.v.stage].wait(pos.v.parity ^ 1);
-    convert_kv_tile_fp8<Cfg, Ring::kKeys, Sw128Layout<Ring::kKeys>, false>(nullptr, ring.staged_v(t & 1), nullptr,
-                                                                          ring.v(pos.v.stage), tid);
+    convert_tile_fp8<Cfg, Ring::kKeys, Sw128Layout<Ring::kKeys>>(ring.staged_v(t & 1), ring.v(pos.v.stage), tid);
     fence_proxy_async();
     ring.v_full[pos.v.stage].arrive();
     pos.v.advance();

@@ -140,20 +140,17 @@ __device__ __forceinline__ void copy_kv_tile_fp8(uint8_t* stK, uint8_t* stV, con
   });
 }
 
-// kConvertK: false where K stays bytes (the warp-specialized prefill, whose wgmma reads them).
-template <class Cfg, int kKeys, class Layout, bool kConvertK = true>
-__device__ __forceinline__ void convert_kv_tile_fp8(const uint8_t* stK, const uint8_t* stV,
-                                                    typename Cfg::T* sK, typename Cfg::T* sV, int tid) {
+// One K or V tile's bytes (copied by copy_kv_tile_fp8, whose chunks each thread converts) into a
+// 16-bit tile of the math's layout.
+template <class Cfg, int kKeys, class Layout>
+__device__ __forceinline__ void convert_tile_fp8(const uint8_t* staged, typename Cfg::T* dst, int tid) {
   using Map = KvChunkMap<Cfg, kKeys, uint8_t>;
   const Map m(tid);
-  auto convert = [&](const uint8_t* st, typename Cfg::T* dst, int j) {
-    const int key = m.key0 + j;
-    convert_chunk_fp8(st + fp8_swz<Cfg::D>(key, m.c), dst + Layout::at(key, m.c * 16), dst + Layout::at(key, m.c * 16 + 8));
-  };
 #pragma unroll
   for (int j = 0; j < Map::kKeysPerThread; ++j) {
-    if constexpr (kConvertK) convert(stK, sK, j);
-    convert(stV, sV, j);
+    const int key = m.key0 + j;
+    convert_chunk_fp8(staged + fp8_swz<Cfg::D>(key, m.c), dst + Layout::at(key, m.c * 16),
+                      dst + Layout::at(key, m.c * 16 + 8));
   }
 }
 
