@@ -1,5 +1,7 @@
-"""The fp8 decode tile's fragments, emulated on the CPU: ldmatrix (.x4, .b16) from byte tiles in the
-fp8_swz layout (tile_config.cuh) feeding mma.sync m16n8k32 e4m3 as warp_attend addresses them
+"""The fp8 decode tile's fragments, emulated on the CPU: the query converted to fp16 in score order
+(convert_chunk_fp8, tile_loader.cuh) and read by ldmatrix from the 16-bit swizzled tile, K's
+bytes read by ldmatrix (.x4, .b16) from byte tiles in the fp8_swz layout (tile_config.cuh) and
+converted per byte pair into m16n8k16 B fragments, as warp_attend addresses them
 (attention_tile.cuh), against Q K^T; V's words regrouped per dim by prmt into m16n8k16 B
 fragments, with the permuted accumulator dims merge_decode_warps (merge.cuh) writes back, against
 P V; and the layout's bank spread."""
@@ -25,17 +27,6 @@ def ldmatrix_x4(mem, row_addrs):
     return out
 
 
-def mma_m16n8k32(a, b0, b1):
-    """PTX's m16n8k32 8-bit fragment layouts: A (16x32) from a[lane][0..3], B (32x8) from b0/b1."""
-    A, B = np.zeros((16, 32)), np.zeros((32, 8))
-    for lane in range(32):
-        g, t = lane // 4, lane % 4
-        A[g, 4 * t:4 * t + 4], A[g + 8, 4 * t:4 * t + 4] = a[lane, 0], a[lane, 1]
-        A[g, 16 + 4 * t:20 + 4 * t], A[g + 8, 16 + 4 * t:20 + 4 * t] = a[lane, 2], a[lane, 3]
-        B[4 * t:4 * t + 4, g], B[16 + 4 * t:20 + 4 * t, g] = b0[lane], b1[lane]
-    return A @ B
-
-
 def store(tile, d):
     mem = np.zeros(tile.size, np.int64)
     for r in range(tile.shape[0]):
@@ -44,21 +35,58 @@ def store(tile, d):
     return mem
 
 
+
+def swz(d: int, row: int, col: int) -> int:
+    """Mirrors TileConfig::swz: element offset of column col (a multiple of 8) of a 16-bit tile."""
+    return row * d + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8
+
+
+def convert_query(q, d, score_order):
+    """convert_chunk_fp8 of every 16-byte chunk of the query (16 rows) into the 16-bit tile: chunk
+    c's bytes go to columns 16c..16c+7 (lo) and 16c+8..16c+15 (hi)."""
+    tile = np.zeros(16 * d, np.int64)
+    for r in range(16):
+        for c in range(d // 16):
+            b = q[r, 16 * c:16 * c + 16]
+            if score_order:  # byte pairs 0, 1 of each 32-bit word at lo; pairs 2, 3 at hi
+                lo = [b[4 * w + i] for w in range(4) for i in (0, 1)]
+                hi = [b[4 * w + i] for w in range(4) for i in (2, 3)]
+            else:
+                lo, hi = list(b[:8]), list(b[8:])
+            tile[swz(d, r, 16 * c):swz(d, r, 16 * c) + 8] = lo
+            tile[swz(d, r, 16 * c + 8):swz(d, r, 16 * c + 8) + 8] = hi
+    return tile
+
+
+def ldmatrix_x4_b16(mem, row_addrs):
+    """ldmatrix .x4 of 16-bit values: lane i gets, from matrix m, elements 2(i%4), 2(i%4)+1 of row i/4."""
+    return [[v for m in range(4) for v in mem[row_addrs[8 * m + i // 4] + 2 * (i % 4):][:2]] for i in range(32)]
+
+
+def fp8_decode_scores(q, k, d, kw0, nk, score_order=True):
+    """warp_attend's fp8 scores of the decode warp whose keys start at kw0."""
+    qmem, kmem = convert_query(q, d, score_order), store(k, d)
+    got = np.zeros((16, nk))
+    for kk in range(d // 32):
+        a = [ldmatrix_x4_b16(qmem, [swz(d, lane & 15, (2 * kk + h) * 16 + (lane >> 4) * 8) for lane in range(32)])
+             for h in range(2)]
+        for nb in range(nk // 16):
+            b = ldmatrix_x4(kmem, [fp8_swz(d, kw0 + nb * 16 + (lane >> 4) * 8 + (lane & 7),
+                                           2 * kk + ((lane >> 3) & 1)) for lane in range(32)])
+            for h in range(2):  # e4m3x2_to_half2 of bytes 0, 1 and (kHigh) 2, 3
+                for n, reg in ((0, h), (8, 2 + h)):
+                    got[:, 16 * nb + n:16 * nb + n + 8] += mma_m16n8k16(a[h], b[:, reg, 0:2], b[:, reg, 2:4])
+    return got
+
+
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_fp8_decode_scores_are_q_k_transposed(d):
     rng = np.random.default_rng(d)
     q, k = rng.integers(-8, 8, (16, d)), rng.integers(-8, 8, (64, d))
-    qmem, kmem = store(q, d), store(k, d)
     kw0, nk = 16, 16  # a decode warp's 16-key slice
-    got = np.zeros((16, nk))
-    for kk in range(d // 32):
-        a = ldmatrix_x4(qmem, [fp8_swz(d, lane & 15, 2 * kk + (lane >> 4)) for lane in range(32)])
-        for nb in range(nk // 16):
-            b = ldmatrix_x4(kmem, [fp8_swz(d, kw0 + nb * 16 + (lane >> 4) * 8 + (lane & 7),
-                                           2 * kk + ((lane >> 3) & 1)) for lane in range(32)])
-            got[:, 16 * nb:16 * nb + 8] += mma_m16n8k32(a, b[:, 0], b[:, 1])
-            got[:, 16 * nb + 8:16 * nb + 16] += mma_m16n8k32(a, b[:, 2], b[:, 3])
-    np.testing.assert_array_equal(got, q @ k[kw0:kw0 + nk].T)
+    np.testing.assert_array_equal(fp8_decode_scores(q, k, d, kw0, nk), q @ k[kw0:kw0 + nk].T)
+    # The query in dim order (as prefill tiles convert it) pairs the wrong dims with K's bytes.
+    assert not np.array_equal(fp8_decode_scores(q, k, d, kw0, nk, score_order=False), q @ k[kw0:kw0 + nk].T)
 
 
 def byte_perm(x: int, y: int, sel: int) -> int:

@@ -2,7 +2,7 @@
 // K/V tile in shared memory (S = Q K^T, masked online softmax, O += P V) on mma.sync m16n8k16.
 // A prefill warp takes all keys of the tile for its own 16*M rows (M = 1 unless a tuning build
 // says otherwise); a decode warp takes a 16-key slice for the tile's only 16 rows (on an fp8
-// cache straight from the byte tiles: scores on e4m3 mma, V regrouped into fp16 fragments). The
+// cache straight from K's and V's byte tiles, regrouped in registers into fp16 fragments). The
 // masked softmax and the P fragments are shared with the Hopper prefill step (attention_tile_sm90.cuh).
 #pragma once
 #include <cmath>
@@ -242,24 +242,27 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
   // An fp8 cache reaches this step only in decode tiles (its prefill tiles run wgmma).
   static_assert(!Cfg::kFp8 || M == 1, "fp8: decode tiles only");
   if constexpr (Cfg::kFp8) {
-    // An fp8 cache: sQ, sK and sV hold e4m3 bytes (fp8_swz tiles, 16 values per 16-byte chunk);
-    // the scores run on e4m3 mma, 32 dims per k-step.
-    const uint8_t* q8 = reinterpret_cast<const uint8_t*>(sQ);
+    // An fp8 cache: sK and sV hold e4m3 bytes (fp8_swz tiles, 16 values per 16-byte chunk), sQ the
+    // query in fp16, converted once per item in score order (convert_chunk_fp8). K's byte
+    // fragments, 32 dims per ldmatrix: lane (g, t) holds dims 4t..4t+3 and 16+4t..16+4t+3 of key
+    // g (and of key g + 8). Each byte pair becomes one fp16 B register of m16n8k16 (dims 4t, 4t+1
+    // at k positions 2t, 2t+1, dims 4t+2, 4t+3 at 2t+8, 2t+9), where the query in score order has
+    // the same dims: the scores sum the same products, on fp16 mma.
     const uint8_t* k8 = reinterpret_cast<const uint8_t*>(sK);
 #pragma unroll
     for (int kk = 0; kk < D / 32; ++kk) {
-      uint32_t a[M][4];
+      uint32_t a[2][4];
 #pragma unroll
-      for (int mt = 0; mt < M; ++mt)
-        ldmatrix_x4(a[mt], q8 + fp8_swz<D>(q_row0 + 16 * mt + (lane & 15), 2 * kk + (lane >> 4)));
+      for (int h = 0; h < 2; ++h)
+        ldmatrix_x4(a[h], sQ + Cfg::swz(q_row0 + (lane & 15), (2 * kk + h) * 16 + (lane >> 4) * 8));
 #pragma unroll
       for (int nb = 0; nb < NK / 16; ++nb) {
         uint32_t b[4];
         ldmatrix_x4(b, k8 + fp8_swz<D>(kw0 + nb * 16 + (lane >> 4) * 8 + (lane & 7), 2 * kk + ((lane >> 3) & 1)));
 #pragma unroll
-        for (int mt = 0; mt < M; ++mt) {
-          mma_e4m3(s[mt][2 * nb], a[mt], b[0], b[1]);
-          mma_e4m3(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
+        for (int h = 0; h < 2; ++h) {
+          MmaOp<T>::run(s[0][2 * nb], a[h], e4m3x2_to_half2(b[h]), e4m3x2_to_half2<true>(b[h]));
+          MmaOp<T>::run(s[0][2 * nb + 1], a[h], e4m3x2_to_half2(b[2 + h]), e4m3x2_to_half2<true>(b[2 + h]));
         }
       }
     }
@@ -310,9 +313,9 @@ __device__ __forceinline__ void warp_attend(WarpState<Cfg, M>& st, const typenam
         const uint32_t lo = __byte_perm(w0, w1, 0x5140), hi = __byte_perm(w0, w1, 0x7362);
         const uint32_t lo8 = __byte_perm(w8, w9, 0x5140), hi8 = __byte_perm(w8, w9, 0x7362);
         MmaOp<T>::run(st.o[0][4 * q + 0], a, e4m3x2_to_half2(lo), e4m3x2_to_half2(lo8));
-        MmaOp<T>::run(st.o[0][4 * q + 1], a, e4m3x2_to_half2(lo >> 16), e4m3x2_to_half2(lo8 >> 16));
+        MmaOp<T>::run(st.o[0][4 * q + 1], a, e4m3x2_to_half2<true>(lo), e4m3x2_to_half2<true>(lo8));
         MmaOp<T>::run(st.o[0][4 * q + 2], a, e4m3x2_to_half2(hi), e4m3x2_to_half2(hi8));
-        MmaOp<T>::run(st.o[0][4 * q + 3], a, e4m3x2_to_half2(hi >> 16), e4m3x2_to_half2(hi8 >> 16));
+        MmaOp<T>::run(st.o[0][4 * q + 3], a, e4m3x2_to_half2<true>(hi), e4m3x2_to_half2<true>(hi8));
       }
     }
   } else {

@@ -42,15 +42,17 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
   using QLayout = SwzLayout<Cfg>;
   using KVLayout = SwzLayout<Cfg>;
 #endif
-  // fp8 decode tiles compute on the copied bytes (warp_attend), so their byte stages take the
-  // whole ring (Cfg::kDecodeByteStages).
+  // fp8 decode tiles compute on K's and V's copied bytes (warp_attend), so their byte stages take
+  // the whole ring (Cfg::kDecodeByteStages).
   constexpr bool kBytesOnly = Cfg::kFp8 && kIsDecode;
   constexpr int kStages = kBytesOnly ? Cfg::kDecodeByteStages : kIsDecode ? Cfg::kDecodeStages : Cfg::kPrefillStages;
   constexpr int kTileElems = kKeys * Cfg::D;
   T* sQ = reinterpret_cast<T*>(smem);
   // 16-bit caches: the K/V ring, [stage][K|V][keys][D]. fp8 caches: the ring of byte stages
   // ([stage][K|V][keys][D] bytes), after the 16-bit [K|V] tile that prefill tiles convert them
-  // into (the same shared memory as the 16-bit ring).
+  // into (the same shared memory as the 16-bit ring). An fp8 query's bytes pass through a prefill
+  // item's last stage (free until the loop refills it after its first barrier), and after the
+  // byte stages in a decode item (Cfg::kDecodeBytes).
   T* sKV = sQ + kRows * Cfg::D;
   uint8_t* staged = reinterpret_cast<uint8_t*>(sKV + (kBytesOnly ? 0 : 2 * kTileElems));
   auto sK = [&](int stage) { return sKV + (Cfg::kFp8 ? 0 : 2 * stage * kTileElems); };
@@ -79,21 +81,19 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
       load_kv_tile<Cfg, kKeys, KVLayout>(sK(t % kStages), sV(t % kStages), p, it, tile_start, team.tid);
     cp_async_commit();
   };
-  if constexpr (Cfg::kFp8 && !kBytesOnly) {
-    // The query's bytes pass through the last stage, free until the loop refills it after its
-    // first barrier; each thread converts the chunks it copied.
-    static_assert(kRows <= 2 * kKeys, "the query's bytes fit one stage");
-    copy_query_rows_fp8<Cfg>(stK(kStages - 1), p, it, kRows, team.tid);
+  if constexpr (Cfg::kFp8) {
+    // The query's bytes in a commit group of their own, before the first tiles'; each thread
+    // converts the chunks it copied once they land (decode tiles in the order of their scores).
+    static_assert(kBytesOnly || kRows <= 2 * kKeys, "the query's bytes fit one stage");
+    uint8_t* query_bytes = kBytesOnly ? stK(kStages) : stK(kStages - 1);
+    copy_query_rows_fp8<Cfg>(query_bytes, p, it, kRows, team.tid);
     cp_async_commit();
     const int ahead = min(num_tiles, kStages - 1);  // every item has at least one tile
     for (int t = 0; t < ahead; ++t) load_tile(t);
     cp_async_wait_newest<kStages - 1>(ahead);
-    convert_query_rows_fp8<Cfg, QLayout>(stK(kStages - 1), sQ, kRows, team.tid);
+    convert_query_rows_fp8<Cfg, QLayout, kBytesOnly>(query_bytes, sQ, kRows, team.tid);
   } else {
-    // fp8 decode tiles: the query's bytes where the 16-bit query would be (half its size). The
-    // query lands in tile 0's commit group.
-    if constexpr (kBytesOnly) copy_query_rows_fp8<Cfg>(reinterpret_cast<uint8_t*>(sQ), p, it, kRows, team.tid);
-    else load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
+    load_query_rows<Cfg, QLayout>(sQ, p, it, kRows, team.tid);
 #pragma unroll
     for (int t = 0; t < kStages - 1; ++t)
       if (t == 0 || t < num_tiles) load_tile(t);  // every item has at least one tile
@@ -123,7 +123,7 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
         if constexpr (kIsDecode) {
           if (warp < Cfg::kDecodeWarps) {
             const int kw0 = warp * Cfg::kDecodeWarpKeys;
-            // fp8: K's and V's bytes, straight from the stage (warp_attend).
+            // fp8: K's and V's bytes, straight from the stage, and the query in fp16 (warp_attend).
             const T* keys = kBytesOnly ? reinterpret_cast<const T*>(stK(stage)) : sK(stage);
             const T* values = kBytesOnly ? reinterpret_cast<const T*>(stV(stage)) : sV(stage);
             warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, keys, values, 0, kw0,

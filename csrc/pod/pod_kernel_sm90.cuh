@@ -7,9 +7,11 @@
 //                   160 registers each
 //   warpgroup 3     decode: takes decode items and runs them with its own loads (run_item); 136
 // 56 + 2 x 160 + 136 = 512 registers per four threads: the whole register file at 512 threads.
-// Once the prefill queue is empty, consumer warpgroup 1 takes decode items too, in the prefill
-// shared memory, which is then free. Each role synchronises on barriers of its own; the whole CTA
-// meets only at the start and the end.
+// Once the prefill queue is empty, both consumer warpgroups take decode items too, each in its own
+// half of the prefill shared memory, which is then free: three decode teams per SM, so that a
+// decode-only batch keeps three key loops' copies and math in flight (the decode loop is bound by
+// its own latency chain, not by HBM: docs/design.md, "fp8 KV cache"). Each role synchronises on
+// barriers of its own; the whole CTA meets only at the start and the end.
 #pragma once
 #include "pod_kernel.cuh"
 #include "prefill_mainloop_sm90.cuh"
@@ -29,15 +31,15 @@ struct WarpSpecialized {
   // would not fit beside the decode region). An fp8 cache's Q and K tiles are half the size (bytes)
   // and its V passes through two staging stages.
   using Ring = std::conditional_t<Cfg::kFp8, PrefillRing<Cfg, 4, 4, 2>, PrefillRing<Cfg, 3, 4>>;
-  // Decode's region: its 16 query rows and ring (run_item's layout); the merge scratch reuses it.
-  static constexpr size_t kDecodeBytes = sizeof(typename Cfg::T) * Cfg::D * Cfg::kDecodeRows +
-                                         Cfg::ring_bytes(Cfg::kDecodeStages, Cfg::kDecodeKeys);
-  static_assert(Cfg::kMergeBytes <= kDecodeBytes && kDecodeBytes <= Ring::kBytes,
-                "the decode merge fits the decode region, which fits the prefill region");
-  static constexpr size_t kSmemBytes = Ring::kBytes + kDecodeBytes;
+  // A decode team's region (run_item's layout); the merge scratch reuses it.
+  static constexpr size_t kDecodeBytes = Cfg::kDecodeBytes;
+  // The prefill region also holds the consumers' two decode regions once prefill is done (an fp8
+  // cache's ring is smaller than two of them: the region grows to fit).
+  static constexpr size_t kPrefillBytes = Ring::kBytes > 2 * kDecodeBytes ? Ring::kBytes : 2 * kDecodeBytes;
+  static constexpr size_t kSmemBytes = kPrefillBytes + kDecodeBytes;
   static constexpr size_t kSmemAlloc = kSmemBytes + 1024;  // tiles start on a 1 KiB boundary
   // Hardware barrier ids (0 is the whole CTA's).
-  enum : int { kProducerBar = 1, kConsumersBar = 2, kDecodeBar = 3, kFallbackBar = 4 };
+  enum : int { kProducerBar = 1, kConsumersBar = 2, kDecodeBar = 3, kFallbackBar0 = 4, kFallbackBar1 = 5 };
 };
 
 // What the CTA keeps in static shared memory beside the tiles.
@@ -52,7 +54,7 @@ struct WsShared {
   int consumer_index;
   float merge_scratch[2 * 128];  // the consumers' split merge
   int merge_flag;
-  ItemSlot decode_slot, fallback_slot;
+  ItemSlot decode_slot, fallback_slot[2];  // the decode warpgroup's, the consumers'
 };
 
 template <class WS>
@@ -154,10 +156,11 @@ __device__ __forceinline__ void run_warp_specialized(const PodParams& p) {
     run_consumer<WS>(p, ring, sh, role - 1);
     // The other consumer may still read the ring's last stages: wait for it before reusing them.
     named_barrier_sync(WS::kConsumersBar, 256);
-    if (role == 1) run_decode<WS>(p, smem, sh.fallback_slot, WS::kFallbackBar);
+    const int c = role - 1;
+    run_decode<WS>(p, smem + c * WS::kDecodeBytes, sh.fallback_slot[c], c == 0 ? WS::kFallbackBar0 : WS::kFallbackBar1);
   } else {
     claim_registers<WS::kDecodeRegs>();
-    run_decode<WS>(p, smem + WS::Ring::kBytes, sh.decode_slot, WS::kDecodeBar);
+    run_decode<WS>(p, smem + WS::kPrefillBytes, sh.decode_slot, WS::kDecodeBar);
   }
   __syncthreads();
   if (threadIdx.x == 0) Scheduler{p.plan, p.counters, p.ctas_per_sm}.finish();

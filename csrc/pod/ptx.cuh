@@ -74,24 +74,21 @@ struct MmaOp {
   }
 };
 
-// D += A B on one m16n8k32 tile of e4m3 values (sm_89+): the register shapes of MmaOp, each
-// register holding four 8-bit values, so ldmatrix loads both operands from K-major byte tiles.
-__device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+// Two e4m3 values (bytes 0 and 1 of w, or with kHigh bytes 2 and 3; lowest first) as two fp16
+// values in one register: exact. The conversion reads a 16-bit half of w directly (no shift).
+template <bool kHigh = false>
+__device__ __forceinline__ uint32_t e4m3x2_to_half2(uint32_t w) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  uint32_t h;
+  if constexpr (kHigh)
+    asm("{ .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, hi;\n }" : "=r"(h) : "r"(w));
+  else
+    asm("{ .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n }" : "=r"(h) : "r"(w));
+  return h;
 #else
   __trap();  // fp8 configurations run on sm_90 only
+  return 0;
 #endif
-}
-
-// Two e4m3 values (the low 16 bits of w, lowest first) as two fp16 values in one register: exact.
-__device__ __forceinline__ uint32_t e4m3x2_to_half2(uint32_t w) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffff), __NV_E4M3);
-  return uint32_t(h.x) | (uint32_t(h.y) << 16);
 }
 
 // Two floats packed into one 32-bit register of T (the A operand of P·V, and output stores).

@@ -57,6 +57,10 @@ struct TileConfig {
   static constexpr int kDecodeByteStages = 2 * kDecodeStages;
   static_assert(!kFp8 || size_t(kDecodeByteStages) * 2 * kDecodeKeys * D <= ring_bytes(kDecodeStages, kDecodeKeys),
                 "fp8 decode tiles' byte stages fit the decode region");
+  // A decode item's region in run_item's layout: its 16 query rows (fp8: converted to fp16), the
+  // ring, and for an fp8 cache the query's bytes after the byte stages.
+  static constexpr size_t kDecodeBytes = sizeof(T) * kDecodeRows * D + ring_bytes(kDecodeStages, kDecodeKeys) +
+                                         (kFp8 ? size_t(kDecodeRows) * D : 0);
   static constexpr int kQElems = kPrefillRows * D;
   static constexpr size_t kSmemBytes =
       sizeof(T) * kQElems + (ring_bytes(kPrefillStages, kPrefillKeys) > ring_bytes(kDecodeStages, kDecodeKeys)
@@ -66,7 +70,8 @@ struct TileConfig {
   static constexpr size_t kSmemAlloc = kSmemBytes + 1024;
   // Decode's cross-warp merge reuses the whole region once the key loop is done.
   static constexpr size_t kMergeBytes = sizeof(float) * kWarps * kDecodeRows * (D + 1);
-  static_assert(kMergeBytes <= kSmemBytes, "decode merge scratch must fit the tile region");
+  static_assert(kMergeBytes <= kDecodeBytes && kDecodeBytes <= kSmemBytes,
+                "the decode merge fits the decode region, which fits the tile region");
   static_assert(kChunks >= 8, "the XOR swizzle needs at least 8 chunks per row");
   static_assert(64 % kPrefillKeys == 0 && 64 % kDecodeKeys == 0, "plan.py aligns KV splits to 64 keys");
 

@@ -14,16 +14,24 @@ struct SwzLayout {
   __device__ __forceinline__ static int at(int row, int col) { return Cfg::swz(row, col); }
 };
 
-// Eight e4m3 values (bytes, lowest first) as eight fp16 values: exact.
-__device__ __forceinline__ uint4 e4m3x8_to_half8(uint2 x) {
-  return make_uint4(e4m3x2_to_half2(x.x), e4m3x2_to_half2(x.x >> 16), e4m3x2_to_half2(x.y),
-                    e4m3x2_to_half2(x.y >> 16));
-}
-// One 16-byte chunk of e4m3 values at src as 16 fp16 values: the first 8 at lo, the rest at hi.
+// One 16-byte chunk of e4m3 values at src (16 dims) as 16 fp16 values (exact): the first 8 at lo,
+// the rest at hi. In dim order, or with kScoreOrder as an fp8 decode tile's scores read the query
+// (warp_attend): bytes 0, 1, 4, 5, 8, 9, 12, 13 at lo and 2, 3, 6, 7, 10, 11, 14, 15 at hi, the
+// dims that K's byte fragments hold at the k positions of an m16n8k16 A fragment.
+template <bool kScoreOrder = false>
 __device__ __forceinline__ void convert_chunk_fp8(const uint8_t* src, __half* lo, __half* hi) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
-  *reinterpret_cast<uint4*>(lo) = e4m3x8_to_half8(make_uint2(raw.x, raw.y));
-  *reinterpret_cast<uint4*>(hi) = e4m3x8_to_half8(make_uint2(raw.z, raw.w));
+  const uint4 r = *reinterpret_cast<const uint4*>(src);
+  if constexpr (kScoreOrder) {
+    *reinterpret_cast<uint4*>(lo) = make_uint4(e4m3x2_to_half2(r.x), e4m3x2_to_half2(r.y),
+                                               e4m3x2_to_half2(r.z), e4m3x2_to_half2(r.w));
+    *reinterpret_cast<uint4*>(hi) = make_uint4(e4m3x2_to_half2<true>(r.x), e4m3x2_to_half2<true>(r.y),
+                                               e4m3x2_to_half2<true>(r.z), e4m3x2_to_half2<true>(r.w));
+  } else {
+    *reinterpret_cast<uint4*>(lo) = make_uint4(e4m3x2_to_half2(r.x), e4m3x2_to_half2<true>(r.x),
+                                               e4m3x2_to_half2(r.y), e4m3x2_to_half2<true>(r.y));
+    *reinterpret_cast<uint4*>(hi) = make_uint4(e4m3x2_to_half2(r.z), e4m3x2_to_half2<true>(r.z),
+                                               e4m3x2_to_half2(r.w), e4m3x2_to_half2<true>(r.w));
+  }
 }
 
 // The source of each 16-byte chunk of an item's query rows, for elements of Elem (the 16-bit
@@ -108,9 +116,9 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 }
 
 // fp8 caches: query rows and K/V tiles are copied as bytes (the walks above with byte elements)
-// into byte tiles ([rows or keys][D] bytes, fp8_swz). Decode tiles compute on them as they are;
-// prefill tiles convert V (and, in the two-CTA kernel, Q and K) into a 16-bit tile of the math's
-// layout. Each thread converts exactly the 16-byte chunks it copied, so its own cp.async wait
+// into byte tiles ([rows or keys][D] bytes, fp8_swz). Decode tiles compute on K's and V's bytes as
+// they are and convert the query once per item (in score order); prefill tiles convert V (and, in
+// the two-CTA kernel, Q and K) into a 16-bit tile of the math's layout. Each thread converts exactly the 16-byte chunks it copied, so its own cp.async wait
 // suffices before it converts (no barrier between copy and conversion).
 template <class Cfg>
 __device__ __forceinline__ void copy_query_rows_fp8(uint8_t* staged, const PodParams& p, const WorkItem& it,
@@ -119,13 +127,14 @@ __device__ __forceinline__ void copy_query_rows_fp8(uint8_t* staged, const PodPa
     cp_async_16(staged + fp8_swz<Cfg::D>(r, c), src, valid);
   });
 }
-template <class Cfg, class Layout>
+template <class Cfg, class Layout, bool kScoreOrder = false>
 __device__ __forceinline__ void convert_query_rows_fp8(const uint8_t* staged, typename Cfg::T* sQ, int rows,
                                                        int tid) {
   constexpr int kChunks = Cfg::D / 16;  // for_each_query_chunk's chunks of bytes
   for (int idx = tid; idx < rows * kChunks; idx += Cfg::kThreads) {
     const int r = idx / kChunks, c = idx % kChunks;
-    convert_chunk_fp8(staged + fp8_swz<Cfg::D>(r, c), sQ + Layout::at(r, c * 16), sQ + Layout::at(r, c * 16 + 8));
+    convert_chunk_fp8<kScoreOrder>(staged + fp8_swz<Cfg::D>(r, c), sQ + Layout::at(r, c * 16),
+                                   sQ + Layout::at(r, c * 16 + 8));
   }
 }
 
