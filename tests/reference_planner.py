@@ -47,9 +47,25 @@ def _tiles(pl, reqs, rows):
     return items
 
 
-def _count_chunks(pl, items, kind):
+def _wave_target(pl, items):
+    """Decode items of a batch of decodes alone: the fewest pieces per item that fill the last wave
+    of decode teams to WAVE_FILL (else the fullest), at most WAVE_MAX waves, pieces of at least
+    MIN_SPLIT_KEYS keys on average."""
+    n, total = len(items), sum(_keys(it) for it in items)
+    best, best_fill = n, 0.0
+    for pieces in range(1, P.WAVE_MAX * pl.decode_teams + 1):
+        if n * pieces > P.WAVE_MAX * pl.decode_teams or total < n * pieces * P.MIN_SPLIT_KEYS["decode"]:
+            break
+        fill = n * pieces / pl.decode_teams / math.ceil(n * pieces / pl.decode_teams)
+        if fill > best_fill + 1e-9:
+            best, best_fill = n * pieces, fill
+        if fill >= P.WAVE_FILL:
+            break
+    return best
+
+
+def _count_chunks(pl, items, kind, target):
     """Keys per split of each item from the item-count rule, or None (enough items whole)."""
-    target = pl.split_targets[kind]
     if not items or len(items) >= target:
         return None
     total = sum(_keys(it) for it in items)
@@ -120,7 +136,10 @@ def reference_plan(pl, query_start_loc, seq_lens):
             reqs[kind].append((r, qsl[r], q_len, seq[r]))
     queues = {"prefill": _tiles(pl, reqs["prefill"], pl.prefill_rows),
               "decode": _tiles(pl, reqs["decode"], P.DECODE_TILE_ROWS)}
-    chunks = {kind: _count_chunks(pl, items, kind) for kind, items in queues.items()}
+    targets = dict(pl.split_targets)
+    if not queues["prefill"]:
+        targets["decode"] = max(targets["decode"], _wave_target(pl, queues["decode"]))
+    chunks = {kind: _count_chunks(pl, items, kind, targets[kind]) for kind, items in queues.items()}
     if pl.cost_splits:
         chunks = _cost_chunks(pl, queues, chunks)
     while True:

@@ -1,6 +1,7 @@
 """The planner on the CPU: invariants the kernel relies on, and a float64 execution of the plan's
 work items (splits merged as the kernel merges them) that must equal the reference."""
 
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from vllm_pod.plan import (
     MERGE_SECONDS,
     PREFILL_FLOPS_PER_CTA_S,
     SPLIT_ALIGN,
+    WAVE_FILL,
     PodPlanner,
 )
 from vllm_pod.reference import gather_kv, reference_attention
@@ -362,6 +364,32 @@ def test_windowed_plans_cover_each_visible_key_once():
     assert split >= 20  # plans with KV-splits (30 of the 150)
 
 
+@pytest.mark.parametrize("num_decodes,context,items", [(128, 8192, 3072), (32, 32768, 768), (8, 131072, 384)])
+def test_decodes_alone_fill_whole_waves_of_decode_teams(num_decodes, context, items):
+    """Decodes alone on the warp-specialized kernel's 396 decode teams (132 SMs x 3): 1024 whole
+    items would leave the last of 2.59 waves 59% full, the item-count rule's 768 pieces of 8 long
+    decodes two waves of 1.94; the plan cuts each item into the fewest pieces that fill the last
+    wave to 95% (3 pieces, 1.94 waves; 6 pieces, one wave). With a prefill beside them, the
+    item-count rule alone applies."""
+    q_len, seq = [1] * num_decodes, [context] * num_decodes
+    shape = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, num_sms=132, ctas_per_sm=1,
+                 max_num_reqs=256, max_num_tokens=8192, device="cpu", prefill_rows=128)
+    planner = PodPlanner(**shape)
+    assert planner.decode_teams == 396
+    qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_len)]), dtype=torch.int32)
+    plan = planner.plan(qsl, torch.tensor(seq, dtype=torch.int32))
+    assert plan.num_decode_items == items
+    waves = items / planner.decode_teams
+    assert waves / math.ceil(waves) >= WAVE_FILL
+    check_invariants(None, plan, planner)
+    check_coverage(plan, planner, qsl, torch.tensor(seq, dtype=torch.int32))
+    # Beside a prefill chunk, the decodes keep the item-count rule (two per CTA slot, 264).
+    qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_len + [512])]), dtype=torch.int32)
+    seq = torch.tensor(seq + [4096], dtype=torch.int32)
+    plan = PodPlanner(**shape).plan(qsl, seq, num_decodes=num_decodes)
+    assert plan.num_decode_items == max(num_decodes * 8, 264 // (num_decodes * 8) * num_decodes * 8)
+
+
 @pytest.mark.parametrize("window", [300, 1000, 4096])
 def test_long_windowed_decodes_are_split_inside_the_window(window):
     """Long decodes with a window are cut into pieces of their window's keys only: the pieces of
@@ -485,10 +513,10 @@ def test_cost_splits_bound_every_item_by_the_makespan_target(window):
 
 @pytest.mark.parametrize("window", [None, 32768], ids=lambda w: f"w{w}")
 def test_cost_splits_cut_a_long_decode_among_many_items(window):
-    # 80 decodes of 2K keys and one of 100K: the item-count rule leaves the long decode whole
-    # (enough items), about 2.5 ms (0.8 ms with a 32K window) against a makespan target of
-    # ~0.2 ms.
-    q_len, seq = [1] * 81, [2048] * 80 + [100_000]
+    # 65 decodes of 2K keys and one of 100K: the item-count and wave rules leave the long decode
+    # whole (enough items, two whole waves of the 264 decode teams), about 2.5 ms (0.8 ms with a
+    # 32K window) against a makespan target of ~0.2 ms.
+    q_len, seq = [1] * 66, [2048] * 65 + [100_000]
     qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_len)]), dtype=torch.int32)
     seq = torch.tensor(seq, dtype=torch.int32)
     shape = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, num_sms=132,
@@ -498,8 +526,8 @@ def test_cost_splits_cut_a_long_decode_among_many_items(window):
     assert (whole.items[:, F["num_splits"]] == 1).all()
     planner = PodPlanner(**shape, cost_splits=True)
     plan = planner.plan(qsl, seq)
-    long = plan.items[plan.items[:, F["req"]] == 80]
-    assert (long[:, F["num_splits"]] > 4).all() and (plan.items[plan.items[:, F["req"]] < 80, F["num_splits"]] == 1).all()
+    long = plan.items[plan.items[:, F["req"]] == 65]
+    assert (long[:, F["num_splits"]] > 4).all() and (plan.items[plan.items[:, F["req"]] < 65, F["num_splits"]] == 1).all()
     assert item_seconds(planner, plan).max() < 250e-6
     check_invariants(None, plan, planner)
     check_coverage(plan, planner, qsl, seq)

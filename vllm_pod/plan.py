@@ -59,6 +59,19 @@ MIN_SPLIT_KEYS = {"decode": 256, "prefill": 1024}
 # cost a partial tile of up to 128 rows written, re-read and merged, so prefill splits only to
 # fill one wave; short decode items split down to two per slot.
 SPLIT_ITEMS_PER_SLOT = {"decode": 2, "prefill": 1}
+# Decode teams per SM: the warp-specialized kernel (one CTA per SM) runs three once its prefill
+# queue is empty (csrc/pod/pod_kernel_sm90.cuh); a CTA of the two-CTA kernel is one team.
+WARP_SPECIALIZED_DECODE_TEAMS = 3
+# A batch of decodes alone is split at least to the fewest pieces per item whose last wave over
+# the decode teams is at least WAVE_FILL full (within WAVE_MAX waves): one team's rate is bound by
+# its own loop's latency, not by HBM, so teams left idle by a part-filled last wave leave
+# bandwidth unused (docs/design.md, "fp8 KV cache").
+WAVE_FILL = 0.95
+WAVE_MAX = 8
+
+
+def decode_teams_per_sm(ctas_per_sm: int) -> int:
+    return WARP_SPECIALIZED_DECODE_TEAMS if ctas_per_sm == 1 else ctas_per_sm
 
 # The two-CTA kernel's per-CTA rates, traced on an H100 (each kind runs at the same rate beside the
 # other kind as alone: docs/design.md, "The scheduler and the prefill/decode mix"). They set the
@@ -71,7 +84,7 @@ MERGE_SECONDS = 30e-6             # what the piece that ends a KV-split group ad
 
 # The planner's geometry as _plan_batch reads it. PodPlanner._config: int64 slots
 (_NUM_Q_HEADS, _HEAD_DIM, _NUM_SMS, _CTAS_PER_SM, _MIN_DECODE_SLOTS, _COST_SPLITS, _MAX_ITEMS,
- _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS, _SLIDING_WINDOW, _NUM_CONFIG) = range(11)
+ _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS, _SLIDING_WINDOW, _DECODE_TEAMS, _NUM_CONFIG) = range(12)
 # PodPlanner._queues: one row per tile kind, in plan order (prefill items first)
 _PREFILL, _DECODE = 0, 1
 (_TOKENS, _SPLIT_TARGET, _MIN_SPLIT_KEYS, _NUM_CHUNKS, _NUM_QUEUE) = range(5)
@@ -140,12 +153,29 @@ def _split_count(tiles, i, chunk):
 
 
 @_jit
-def _count_chunks(tiles, queue):
-    """Sets each tile's keys per KV-split by the item-count rule; False when the queue has enough
-    items unsplit. Each tile is cut into even pieces of about the queue's chunk: a short last
-    piece would pay a whole partial write and merge for a few keys (a 12480-key tile cut at 12416
-    did)."""
-    target = queue[_SPLIT_TARGET]
+def _wave_target(n_items, total_keys, min_keys, teams):
+    """Items for a batch of decodes alone: n_items times the fewest pieces per item whose last wave
+    over `teams` is at least WAVE_FILL full (else the fullest), pieces of min_keys keys at least
+    on average, within WAVE_MAX waves."""
+    best, best_fill = n_items, 0.0
+    pieces = 1
+    while n_items * pieces <= WAVE_MAX * teams and total_keys >= n_items * pieces * min_keys:
+        waves = n_items * pieces / teams
+        fill = waves / math.ceil(waves)
+        if fill > best_fill + 1e-9:
+            best, best_fill = n_items * pieces, fill
+        if fill >= WAVE_FILL:
+            break
+        pieces += 1
+    return best
+
+
+@_jit
+def _count_chunks(tiles, queue, target):
+    """Sets each tile's keys per KV-split by the item-count rule (target: the queue's items);
+    False when the queue has enough items unsplit. Each tile is cut into even pieces of about the
+    queue's chunk: a short last piece would pay a whole partial write and merge for a few keys (a
+    12480-key tile cut at 12416 did)."""
     n_items = tiles.shape[0] * queue[_NUM_CHUNKS]
     if n_items == 0 or n_items >= target:
         return False
@@ -428,7 +458,13 @@ def _plan_batch(qsl, seq_len, num_decodes, config, queues, head_chunks, header, 
 
     has_chunk = np.zeros(2, dtype=np.bool_)
     for kind in range(2):
-        has_chunk[kind] = _count_chunks(queue_tiles[kind], queues[kind])
+        target = queues[kind, _SPLIT_TARGET]
+        if kind == _DECODE and num_tiles[_PREFILL] == 0:
+            heads = queues[_DECODE, _NUM_CHUNKS]
+            target = max(target, _wave_target(num_tiles[_DECODE] * heads,
+                                              _total_keys(queue_tiles[_DECODE]) * heads,
+                                              queues[_DECODE, _MIN_SPLIT_KEYS], config[_DECODE_TEAMS]))
+        has_chunk[kind] = _count_chunks(queue_tiles[kind], queues[kind], target)
     if config[_COST_SPLITS]:
         _cost_chunks(queue_tiles, has_chunk, config, queues, head_chunks)
     n_items, fits = _fit_capacity(queue_tiles, has_chunk, config, queues)
@@ -494,7 +530,8 @@ class PodPlanner:
                  split_items_per_slot: dict[str, int] | None = None, min_decode_slots: int = 1,
                  cost_splits: bool = False, sliding_window: int | None = None):
         """prefill_rows: rows of the built kernel's prefill tile (ops.device_prefill_tile_rows).
-        split_items_per_slot: per kind, the KV-split target (SPLIT_ITEMS_PER_SLOT by default).
+        split_items_per_slot: per kind, the KV-split target in items per CTA slot
+        (SPLIT_ITEMS_PER_SLOT by default); batches of decodes alone also fill waves (WAVE_FILL).
         min_decode_slots: CTAs per SM that start on decode work whenever a batch has both kinds
         (1: decodes always run beside prefill; 0: a small decode share may wait for the prefill
         tail, where it fills the CTAs that run out of prefill items).
@@ -534,25 +571,32 @@ class PodPlanner:
         # Unsplit items: every request's tiles; the worst case has the most partial tiles.
         base = sum((max_num_tokens // tokens[kind] + max_num_reqs) * len(chunks[kind])
                    for kind in tile_rows)
-        # Splitting happens only while a kind has fewer items than its target (at most 2 per slot),
-        # so it adds at most that many pieces again. Cost splits cut only items over the makespan
-        # target, fewer than one per CTA slot (per role with one CTA per SM): room for two pieces
-        # each; beyond these buffers all splits coarsen (_fit_capacity).
+        # Splitting happens only while a kind has fewer items than its target, so it adds at most
+        # that many pieces again; decodes alone split into at most WAVE_MAX waves of teams. Cost
+        # splits cut only items over the makespan target, fewer than one per CTA slot (per role
+        # with one CTA per SM): room for two pieces each; beyond these buffers all splits coarsen
+        # (_fit_capacity).
         per_slot = {**SPLIT_ITEMS_PER_SLOT, **(split_items_per_slot or {})}
         self.split_targets = {kind: n * slots for kind, n in per_slot.items()}
-        split_target = max(self.split_targets.values())
-        if self.cost_splits:
-            split_target += num_sms * max(ctas_per_sm, 2)
+        self.decode_teams = num_sms * decode_teams_per_sm(ctas_per_sm)
+        extra = num_sms * max(ctas_per_sm, 2) if self.cost_splits else 0
+        most = {"prefill": self.split_targets["prefill"],
+                "decode": max(self.split_targets["decode"], WAVE_MAX * self.decode_teams)}
+        split_target = max(most.values()) + extra
         self.max_items = base + 2 * split_target
-        self.max_split_rows = 2 * split_target * self.prefill_rows
+        # A piece's partial rows: up to its tile's (prefill or decode).
+        self.max_split_rows = (2 * (most["prefill"] + extra) * self.prefill_rows
+                               + max(2 * (self.split_targets["decode"] + extra),
+                                     WAVE_MAX * self.decode_teams) * DECODE_TILE_ROWS)
         self.max_merge_groups = split_target
 
         # The geometry as _plan_batch reads it.
         config = np.zeros(_NUM_CONFIG, dtype=np.int64)
         config[[_NUM_Q_HEADS, _HEAD_DIM, _NUM_SMS, _CTAS_PER_SM, _MIN_DECODE_SLOTS, _COST_SPLITS,
-                _MAX_ITEMS, _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS, _SLIDING_WINDOW]] = (
+                _MAX_ITEMS, _MAX_SPLIT_ROWS, _MAX_MERGE_GROUPS, _SLIDING_WINDOW, _DECODE_TEAMS]] = (
             num_q_heads, head_dim, num_sms, ctas_per_sm, min_decode_slots, self.cost_splits,
-            self.max_items, self.max_split_rows, self.max_merge_groups, sliding_window or 0)
+            self.max_items, self.max_split_rows, self.max_merge_groups, sliding_window or 0,
+            self.decode_teams)
         self._config = config
         self._queues = np.zeros((2, _NUM_QUEUE), dtype=np.int64)
         self._head_chunks = np.zeros((2, max(len(c) for c in chunks.values()), 4), dtype=np.int64)
