@@ -8,7 +8,7 @@ KV head's GQA group) against a range of that request's keys:
   split the rows;
 * when a kind has too few items to fill its share of the GPU, long key ranges are cut into
   KV-splits (bounded: about one prefill or two decode items per CTA slot) merged in-kernel by the
-  last split;
+  last split; a batch of decodes alone is cut until its last wave over the decode teams is full;
 * each queue is ordered longest first, and the plan says how many CTAs per SM prefer decode work;
 * optionally (cost_splits), items whose estimated time exceeds the batch's makespan target are cut
   further;

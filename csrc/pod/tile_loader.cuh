@@ -118,8 +118,9 @@ __device__ __forceinline__ void load_kv_tile(typename Cfg::T* sK, typename Cfg::
 // fp8 caches: query rows and K/V tiles are copied as bytes (the walks above with byte elements)
 // into byte tiles ([rows or keys][D] bytes, fp8_swz). Decode tiles compute on K's and V's bytes as
 // they are and convert the query once per item (in score order); prefill tiles convert V (and, in
-// the two-CTA kernel, Q and K) into a 16-bit tile of the math's layout. Each thread converts exactly the 16-byte chunks it copied, so its own cp.async wait
-// suffices before it converts (no barrier between copy and conversion).
+// the two-CTA kernel, Q and K) into a 16-bit tile of the math's layout. Each thread converts
+// exactly the 16-byte chunks it copied, so its own cp.async wait suffices before it converts (no
+// barrier between copy and conversion).
 template <class Cfg>
 __device__ __forceinline__ void copy_query_rows_fp8(uint8_t* staged, const PodParams& p, const WorkItem& it,
                                                     int rows, int tid) {
