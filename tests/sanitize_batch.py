@@ -1,10 +1,13 @@
 """One representative hybrid batch through the op, for compute-sanitizer (memcheck, racecheck):
 
     compute-sanitizer --tool memcheck python tests/sanitize_batch.py [--fp8] [--head-dim 256]
+                                                                    [--decodes-alone]
 
 Decodes long enough to be KV-split (so the in-kernel merge runs), a prefill chunk with a prefix and
 one with none, lengths off block boundaries; --fp8: an e4m3 KV cache and query (the staging and
-conversion paths). Exits non-zero if the result is wrong.
+conversion paths); --decodes-alone: the decodes without the prefill chunks (every decode team of
+the warp-specialized kernel takes decode items from the start, in pieces that fill waves). Exits
+non-zero if the result is wrong.
 """
 
 import argparse
@@ -21,8 +24,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fp8", action="store_true")
     ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--decodes-alone", action="store_true")
     args = ap.parse_args()
-    b = make_batch([700, 3001, 17], [(100, 1200), (33, 33)], num_q_heads=32, num_kv_heads=8,
+    prefills = [] if args.decodes_alone else [(100, 1200), (33, 33)]
+    b = make_batch([700, 3001, 17], prefills, num_q_heads=32, num_kv_heads=8,
                    head_dim=args.head_dim, block_size=16, dtype=torch.bfloat16, device="cuda", seed=3)
     if args.fp8:
         b = quantize_fp8(b, per_head=True, seed=3)
