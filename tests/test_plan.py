@@ -364,30 +364,30 @@ def test_windowed_plans_cover_each_visible_key_once():
     assert split >= 20  # plans with KV-splits (30 of the 150)
 
 
-@pytest.mark.parametrize("num_decodes,context,items", [(128, 8192, 3072), (32, 32768, 768), (8, 131072, 384)])
-def test_decodes_alone_fill_whole_waves_of_decode_teams(num_decodes, context, items):
+@pytest.mark.parametrize("num_decodes,context,items,hybrid_items",
+                         [(128, 8192, 3072, 1024), (32, 32768, 768, 256), (8, 131072, 384, 256)])
+def test_decodes_alone_fill_whole_waves_of_decode_teams(num_decodes, context, items, hybrid_items):
     """Decodes alone on the warp-specialized kernel's 396 decode teams (132 SMs x 3): 1024 whole
     items would leave the last of 2.59 waves 59% full, the item-count rule's 768 pieces of 8 long
     decodes two waves of 1.94; the plan cuts each item into the fewest pieces that fill the last
     wave to 95% (3 pieces, 1.94 waves; 6 pieces, one wave). With a prefill beside them, the
-    item-count rule alone applies."""
-    q_len, seq = [1] * num_decodes, [context] * num_decodes
+    item-count rule alone applies (two items per CTA slot, 264: 1024 whole, 256 whole, 64 cut in 4)."""
     shape = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16, num_sms=132, ctas_per_sm=1,
                  max_num_reqs=256, max_num_tokens=8192, device="cpu", prefill_rows=128)
     planner = PodPlanner(**shape)
     assert planner.decode_teams == 396
-    qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_len)]), dtype=torch.int32)
-    plan = planner.plan(qsl, torch.tensor(seq, dtype=torch.int32))
+    qsl = torch.arange(num_decodes + 1, dtype=torch.int32)
+    seq = torch.full((num_decodes,), context, dtype=torch.int32)
+    plan = planner.plan(qsl, seq)
     assert plan.num_decode_items == items
     waves = items / planner.decode_teams
     assert waves / math.ceil(waves) >= WAVE_FILL
     check_invariants(None, plan, planner)
-    check_coverage(plan, planner, qsl, torch.tensor(seq, dtype=torch.int32))
-    # Beside a prefill chunk, the decodes keep the item-count rule (two per CTA slot, 264).
-    qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_len + [512])]), dtype=torch.int32)
-    seq = torch.tensor(seq + [4096], dtype=torch.int32)
+    check_coverage(plan, planner, qsl, seq)
+    qsl = torch.cat([qsl, torch.tensor([num_decodes + 512], dtype=torch.int32)])
+    seq = torch.cat([seq, torch.tensor([4096], dtype=torch.int32)])
     plan = PodPlanner(**shape).plan(qsl, seq, num_decodes=num_decodes)
-    assert plan.num_decode_items == max(num_decodes * 8, 264 // (num_decodes * 8) * num_decodes * 8)
+    assert plan.num_decode_items == hybrid_items
 
 
 @pytest.mark.parametrize("window", [300, 1000, 4096])
