@@ -141,6 +141,9 @@ __device__ __forceinline__ void with_mask(bool masked, Step&& step) {
 // rescaled (rescale_o) before this tile's P V is added. pos: the sequence positions of this
 // thread's two rows. The mask hides keys past kv_end, past the row (causal) and before the row's
 // sliding window.
+// How far (log2 units) a row's scores may exceed its running max before the max moves (online_softmax).
+constexpr float kRescaleSlackLog2 = 8.f;
+
 template <class Cfg, int M, int NK, class Mods>
 __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, float (&s)[NK / 8][4],
                                                int key0, int kv_end, const int (&pos)[2],
@@ -165,7 +168,11 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, fl
       }
   }
 
-  // Online softmax in the log2 domain (exp2 of scaled scores).
+  // Online softmax in the log2 domain (exp2 of scaled scores). The running max moves only when a
+  // tile's max exceeds it by more than kRescaleSlackLog2: below that the tile's terms are taken
+  // against the old max (so they reach 2^kRescaleSlackLog2, far inside T's range), alpha stays
+  // exactly 1 and the caller skips the O rescale. The sum, the output and the log-sum-exp all use
+  // the max kept, so the result is the same softmax.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = st.m[mt][r];
@@ -173,6 +180,7 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, fl
     for (int j = 0; j < NK / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+    if (mx * scale_log2 <= fmaf(st.m[mt][r], scale_log2, kRescaleSlackLog2)) mx = st.m[mt][r];
     // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives exact zeros.
     const float base = mx == -INFINITY ? 0.f : mx * scale_log2;
     alpha[r] = exp2f(st.m[mt][r] * scale_log2 - base);
