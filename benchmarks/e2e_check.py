@@ -15,6 +15,8 @@ prompt tokens, and over the short requests' generated tokens up to where the two
 first differ) is the yardstick: it is what batch composition alone changes. POD together against
 FLASH_ATTN together must stay within TOLERANCE_MULTIPLE times it plus a small floor, and POD's log
 must show fused hybrid batches. Prints PASS or FAIL with the numbers and writes summary.json.
+vllm-pod must be installed (`pip install --no-build-isolation -e .`): vLLM finds the backend only
+through its entry point, so the check refuses to start without it.
 
     python -m benchmarks.e2e_check --out /tmp/e2e [--family gemma2] [--model-runner v1]
                                    [--tensor-parallel-size 2] [--cudagraph-mode FULL]
@@ -47,7 +49,10 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
+
+import vllm_pod
 
 from benchmarks.serving.tokenizer import save_tokenizer, train_tokenizer
 
@@ -371,6 +376,14 @@ def serve(backend: str, args, model_dir: Path, requests_path: Path, alone: bool)
     return json.loads(result.read_text()), facts
 
 
+def pod_plugin_installed() -> bool:
+    """Whether vLLM will load POD. It finds plugins only through installed entry points: with
+    vllm-pod merely importable (on PYTHONPATH, or run from the repository), VLLM_ATTENTION_BACKEND=POD
+    is ignored and the "POD" run is FLASH_ATTN's."""
+    target = f"{vllm_pod.__name__}:{vllm_pod.register.__name__}"
+    return any(ep.value == target for ep in entry_points(group="vllm.general_plugins"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -407,6 +420,10 @@ def main() -> int:
         run_backend(args)
         return 0
 
+    if not pod_plugin_installed():
+        raise SystemExit("vllm-pod is not installed, so vLLM would not load the POD backend (its "
+                         "vllm.general_plugins entry point is missing): run "
+                         "`pip install --no-build-isolation -e .` first")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = write_checkpoint(MODEL_DIR / args.family, args.family)

@@ -410,6 +410,7 @@ def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_off
                              model_runner="v1")
 
     monkeypatch.setattr(e2e_check, "serve", serve)
+    monkeypatch.setattr(e2e_check, "pod_plugin_installed", lambda: True)
     monkeypatch.setattr(e2e_check, "MODEL_DIR", tmp_path / "model")
     monkeypatch.setattr(sys, "argv", ["e2e_check", "--out", str(tmp_path / "out"), "--long", "2",
                                       "--short", "3", "--family", family])
@@ -425,3 +426,28 @@ def test_check_writes_its_summary_and_exit_status(tmp_path, monkeypatch, pod_off
     assert fa["max"] == pytest.approx(0.001) and fa["tokens"] == summary["requests"][
         "prompt_tokens"] - 5
     assert summary["pod_vs_flash_attn_together"]["prompt"]["max"] == pytest.approx(pod_offset)
+
+
+def test_check_refuses_to_run_without_the_installed_plugin(tmp_path, monkeypatch):
+    # Without vllm-pod's entry point vLLM ignores VLLM_ATTENTION_BACKEND=POD and serves FLASH_ATTN:
+    # the check must stop before it serves anything, and say how to install.
+    import sys
+    from importlib.metadata import EntryPoint
+
+    from benchmarks import e2e_check
+
+    ours = EntryPoint(name="pod", value="vllm_pod:register", group="vllm.general_plugins")
+    other = EntryPoint(name="other", value="other_plugin:register", group="vllm.general_plugins")
+    monkeypatch.setattr(e2e_check, "entry_points", lambda group: [other, ours])
+    assert e2e_check.pod_plugin_installed()
+    monkeypatch.setattr(e2e_check, "entry_points", lambda group: [other])
+    assert not e2e_check.pod_plugin_installed()
+
+    def serve(*args, **kwargs):
+        raise AssertionError("served without the plugin installed")
+
+    monkeypatch.setattr(e2e_check, "serve", serve)
+    monkeypatch.setattr(sys, "argv", ["e2e_check", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="pip install --no-build-isolation -e ."):
+        e2e_check.main()
+    assert not (tmp_path / "out").exists()
