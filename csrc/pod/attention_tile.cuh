@@ -135,15 +135,15 @@ __device__ __forceinline__ void with_mask(bool masked, Step&& step) {
   else step(ScoreMods<false, kSoftcap>{});
 }
 
+// How far (log2 units) a row's scores may exceed its running max before the max moves (online_softmax).
+constexpr float kRescaleSlackLog2 = 8.f;
+
 // Soft-caps (Mods::kSoftcap), masks (Mods::kMask) and folds one tile's raw scores s of m-tile mt
 // into the running max and sum; on return s holds the tile's probabilities, unnormalised (exp2 of
 // scaled scores minus the running max), and alpha the factor by which the m-tile's o must be
 // rescaled (rescale_o) before this tile's P V is added. pos: the sequence positions of this
 // thread's two rows. The mask hides keys past kv_end, past the row (causal) and before the row's
 // sliding window.
-// How far (log2 units) a row's scores may exceed its running max before the max moves (online_softmax).
-constexpr float kRescaleSlackLog2 = 8.f;
-
 template <class Cfg, int M, int NK, class Mods>
 __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, float (&s)[NK / 8][4],
                                                int key0, int kv_end, const int (&pos)[2],
