@@ -10,7 +10,8 @@
 # GPU kernel tests (grid, fuzz, graphs) and compute-sanitizer memcheck on one hybrid batch. Then
 # ROUNDS rounds (default 2) time POD alone in every variant, each in its own process, the order
 # reversed every other round (so neither side is always timed first): every STRIDE-th benchmark
-# config, and decodes alone for each N,CTX of DECODES (default "128,8192 32,32768 8,131072"). No
+# config, prefill chunks alone for each CHUNK,PREFIX of PREFILLS (default "512,0 1024,4096
+# 2048,12288"), and decodes alone for each N,CTX of DECODES (default "128,8192 32,32768 8,131072"). No
 # vLLM needed; BENCH_ARGS adds benchmarks.kernel.bench options to every timing (e.g.
 # "--kv-cache-dtype fp8", or "--planner prefill=1 --planner prefill=4" to time several planners).
 # CHECK=0 skips the tests and memcheck and runs only one hybrid batch against the float32 reference
@@ -23,6 +24,7 @@ out=$(realpath -m "${OUT:-/tmp/pod-variants}")
 stride=${STRIDE:-3}
 rounds=${ROUNDS:-2}
 decodes=${DECODES:-"128,8192 32,32768 8,131072"}
+prefills=${PREFILLS:-"512,0 1024,4096 2048,12288"}
 mkdir -p "$out"
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 export MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
@@ -80,12 +82,16 @@ for ((r = 1; r <= rounds; r++)); do
     log="$out/pod_${name}_round$r.txt"
     {
       in_src "$name" timeout 300 python3 -m benchmarks.kernel.bench --pod-only --stride "$stride" ${BENCH_ARGS:-}
+      for c in $prefills; do
+        echo "prefill alone $c: $(in_src "$name" timeout 120 python3 -m benchmarks.kernel.bench --pod-only \
+                                  --only "$c,0,0" ${BENCH_ARGS:-} | tail -1)"
+      done
       for d in $decodes; do
         echo "decodes alone $d: $(in_src "$name" timeout 120 python3 -m benchmarks.kernel.bench --pod-only \
                                   --only "0,0,$d" ${BENCH_ARGS:-} | tail -1)"
       done
     } >"$log" 2>&1
-    summary+=("$name round $r: $(grep -h '^geomean' "$log" | tr -d '\n') | $(grep -h '^decodes alone' "$log" |
+    summary+=("$name round $r: $(grep -h '^geomean' "$log" | tr -d '\n') | $(grep -h '^prefill alone\|^decodes alone' "$log" |
               sed 's/geomean pod_us //' | tr '\n' ';')")
   done
 done
