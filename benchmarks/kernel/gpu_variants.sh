@@ -32,6 +32,9 @@ names=() summary=()
 in_src() {  # in_src NAME COMMAND...: run COMMAND in variant NAME's copy, importing that copy's vllm_pod
   (cd "$out/src_$1" && PYTHONPATH=$PWD "${@:2}")
 }
+time_alone() {  # time_alone NAME LABEL CHUNK,PREFIX,DECODES,CTX: POD's time on that one grid batch
+  echo "$2: $(in_src "$1" timeout 120 python3 -m benchmarks.kernel.bench --pod-only --only "$3" ${BENCH_ARGS:-} | tail -1)"
+}
 for spec in "$@"; do
   head=${spec%%:*}
   name=${head%%@*}
@@ -82,14 +85,8 @@ for ((r = 1; r <= rounds; r++)); do
     log="$out/pod_${name}_round$r.txt"
     {
       in_src "$name" timeout 300 python3 -m benchmarks.kernel.bench --pod-only --stride "$stride" ${BENCH_ARGS:-}
-      for c in $prefills; do
-        echo "prefill alone $c: $(in_src "$name" timeout 120 python3 -m benchmarks.kernel.bench --pod-only \
-                                  --only "$c,0,0" ${BENCH_ARGS:-} | tail -1)"
-      done
-      for d in $decodes; do
-        echo "decodes alone $d: $(in_src "$name" timeout 120 python3 -m benchmarks.kernel.bench --pod-only \
-                                  --only "0,0,$d" ${BENCH_ARGS:-} | tail -1)"
-      done
+      for c in $prefills; do time_alone "$name" "prefill alone $c" "$c,0,0"; done
+      for d in $decodes; do time_alone "$name" "decodes alone $d" "0,0,$d"; done
     } >"$log" 2>&1
     summary+=("$name round $r: $(grep -h '^geomean' "$log" | tr -d '\n') | $(grep -h '^prefill alone\|^decodes alone' "$log" |
               sed 's/geomean pod_us //' | tr '\n' ';')")
