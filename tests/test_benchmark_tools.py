@@ -209,3 +209,31 @@ def test_sass_mix_paths_follow_each_way_through_a_loop_body(tmp_path):
     path.write_text(listing)
     assert "path of 6 instructions, branches taken at: 0x20, 0x50" in static_report(
         path, "Lb1E", paths=True)
+
+
+def test_sass_mix_loops_break_each_innermost_loops_stalls_down_by_reason(tmp_path):
+    from benchmarks.kernel.sass_mix import loop_report, main
+
+    head = ['"Kernel Name","k"', '"Address","Source","Warp Stall Sampling (All Samples)",'
+            '"Warp Stall Sampling (Not-issued Samples)","Instructions Executed","stall_math",'
+            '"stall_long_sb","stall_math (Not Issued)"']
+    # An outer loop 0x10-0x60 around an mma.sync loop 0x20-0x40, then a wgmma loop 0x70-0x80.
+    body = [(0x00, "MOV R1, c[0x0][0x28]", 1, 0, 0, 0),
+            (0x10, "LDGSTS.E.BYPASS.128 [R2], desc[UR4][R4.64]", 10, 5, 0, 5),
+            (0x20, "HMMA.16816.F32.BF16 R8, R12, R16, R8", 100, 30, 24, 6),
+            (0x30, "FMUL.FTZ R2, R2, R3", 100, 10, 0, 0),
+            (0x40, "@P0 BRA 0x20", 100, 0, 0, 0),
+            (0x50, "BAR.SYNC.DEFER_BLOCKING R5, 0x80", 10, 60, 0, 0),
+            (0x60, "@!P1 BRA 0x10", 10, 0, 0, 0),
+            (0x70, "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24", 500, 40, 40, 0),
+            (0x80, "@P2 BRA 0x70", 500, 0, 0, 0)]
+    path = tmp_path / "k_sass.csv"
+    path.write_text("\n".join(head + [f'"0x{a:x}","{s}","{w}","{w}","{n}","{m}","{lsb}","99"'
+                                      for a, s, n, w, m, lsb in body]) + "\n")
+    text = loop_report(path)
+    # The busiest innermost loop first; the outer loop is not reported.
+    assert text.splitlines()[0] == "k_sass.csv: loop 0x70-0x80 (wgmma): 2 instructions, 0.0 M executed, 40 stall samples"
+    assert "loop 0x20-0x40 (mma.sync): 3 instructions, 0.0 M executed, 40 stall samples" in text
+    assert "    math 60%, long_sb 15%" in text  # 24 and 6 of the mma.sync loop's 40 samples
+    assert "0x10-0x60" not in text
+    main([str(path), "--loops"])

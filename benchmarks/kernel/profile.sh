@@ -9,8 +9,9 @@
 # by time) and 512,4096,16,2048 (the grid's worst ratio). Per batch and kernel, in $OUT:
 # NAME.txt (sections, rule notes and the per-reason warp-stall breakdown), NAME_sass.csv (SASS with
 # per-instruction stall samples: where the warps wait), NAME_mix.txt (the instruction mix and the
-# hot loop's length, benchmarks/kernel/sass_mix.py) and NAME.ncu-rep. A summary line per
-# profile ends the output.
+# hot loop's length, benchmarks/kernel/sass_mix.py), NAME_loops.txt (each innermost loop's stall
+# samples by reason: the key loops of the producer, consumers and decode warps apart) and
+# NAME.ncu-rep. A summary line per profile ends the output.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/pod-profile}
@@ -34,6 +35,7 @@ profile() {  # NAME KERNEL_REGEX COMMAND...
     ncu -i "$out/$name.ncu-rep" >"$out/$name.txt" 2>&1
   ncu -i "$out/$name.ncu-rep" --page source --print-source sass --csv >"$out/${name}_sass.csv" 2>&1
   python3 -m benchmarks.kernel.sass_mix "$out/${name}_sass.csv" >"$out/${name}_mix.txt" 2>&1
+  python3 -m benchmarks.kernel.sass_mix --loops "$out/${name}_sass.csv" >"$out/${name}_loops.txt" 2>&1
   summary+=("$name: $(grep -m1 -E '^ *Duration' "$out/$name.txt" | tr -s ' '); $(grep -m1 'hot loop' "$out/${name}_mix.txt")")
 }
 

@@ -6,7 +6,10 @@
 executed warp instructions by opcode (and the share of stall samples on them), then the same for
 the kernel's hot loop body, taken as the SASS lines executed exactly as often as the most frequent
 per-line count weighs (the unrolled main loop runs once per tile, so its lines share one count):
-its length is the loop's instruction cost per warp per tile. And, with no GPU,
+its length is the loop's instruction cost per warp per tile. With --loops, per innermost loop
+(a backward branch with no loop inside; in the warp-specialized kernel each role's key loop is
+one), its executed instructions and stall samples by reason: where each role's warps wait
+(docs/design.md, "What bounds the overlap"). And, with no GPU,
 
     cuobjdump -sass kernel.cubin > kernel.sass      (benchmarks/kernel/sass_count.sh does this)
     python -m benchmarks.kernel.sass_mix --static kernel.sass --function Lb1E
@@ -24,7 +27,7 @@ import argparse
 import csv
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -33,6 +36,8 @@ class Line:
     source: str
     executed: int
     samples: int
+    address: int = -1
+    reasons: dict[str, int] = field(default_factory=dict)  # stall samples by reason, when exported
 
     @property
     def opcode(self) -> str:
@@ -47,10 +52,16 @@ def read_lines(path: Path) -> list[Line]:
     header = rows[header_at]
     src, exe = header.index("Source"), header.index("Instructions Executed")
     smp = header.index("Warp Stall Sampling (All Samples)")
+    addr = header.index("Address") if "Address" in header else None
+    # Per-reason columns (stall_long_sb, ...: all samples; their "(Not Issued)" twins are skipped).
+    reasons = [(i, c[len("stall_"):]) for i, c in enumerate(header) if re.fullmatch(r"stall_\w+", c)]
+    count = lambda text: int(text.replace(",", "") or 0)
     lines = []
     for r in rows[header_at + 1:]:
         try:
-            lines.append(Line(r[src].strip(), int(r[exe].replace(",", "")), int(r[smp].replace(",", ""))))
+            lines.append(Line(r[src].strip(), count(r[exe]), count(r[smp]),
+                              int(r[addr], 16) if addr is not None else -1,
+                              {name: count(r[i]) for i, name in reasons}))
         except (IndexError, ValueError):
             continue
     return [ln for ln in lines if ln.source]
@@ -88,6 +99,55 @@ def report(path: Path, top: int = 20) -> str:
     return "\n".join(out)
 
 
+# What a loop's instructions say it is, first match wins.
+LOOP_KINDS = (("HGMMA", "wgmma"), ("HMMA", "mma.sync"), ("LDGSTS", "cp.async"))
+
+
+def loop_report(path: Path, top: int = 3) -> str:
+    """Executed instructions and stall samples by reason of each innermost loop of an ncu source
+    CSV, the busiest first, with its most sampled lines."""
+    lines = sorted((ln for ln in read_lines(path) if ln.address >= 0), key=lambda ln: ln.address)
+    if not lines:
+        return f"{path.name}: no addresses in the export"
+    loops = innermost(code_loops([(ln.address, ln.source) for ln in lines]))
+    at = {ln.address: i for i, ln in enumerate(lines)}
+    out = []
+    for start, end in sorted(loops, key=lambda se: -sum(ln.executed for ln in lines[at[se[0]]:at[se[1]] + 1])):
+        body = lines[at[start]:at[end] + 1]
+        executed, samples = sum(ln.executed for ln in body), sum(ln.samples for ln in body)
+        if not executed:
+            continue
+        ops = Counter(ln.opcode for ln in body)
+        kind = next((name for op, name in LOOP_KINDS if ops[op]), "other")
+        out.append(f"{path.name}: loop {start:#x}-{end:#x} ({kind}): {len(body)} instructions, "
+                   f"{executed / 1e6:.1f} M executed, {samples} stall samples")
+        by_reason = Counter()
+        for ln in body:
+            by_reason.update(ln.reasons)
+        if by_reason and samples:
+            out.append("    " + ", ".join(f"{name} {100 * n / samples:.0f}%"
+                                          for name, n in by_reason.most_common() if n))
+        for ln in sorted(body, key=lambda ln: -ln.samples)[:top]:
+            out.append(f"    {ln.samples:8d}  {ln.source}")
+    return "\n".join(out) or f"{path.name}: no executed loop"
+
+
+def code_loops(code: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(first, last address) of each loop: a branch back to an address of the code."""
+    addresses = {a for a, _ in code}
+    loops = []
+    for a, ins in code:
+        target = branch_target(ins)
+        if target is not None and target < a and target in addresses:
+            loops.append((target, a))
+    return loops
+
+
+def innermost(loops: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [(s, e) for s, e in loops
+            if not any((s, e) != (s2, e2) and s <= s2 and e2 <= e for s2, e2 in loops)]
+
+
 def function_code(sass: str, function: str) -> list[tuple[int, str]]:
     """(address, instruction) of `function` in a cuobjdump -sass listing."""
     bodies = [f for f in sass.split("Function : ")[1:] if function in f.split("\n", 1)[0]]
@@ -106,13 +166,7 @@ def static_loops(sass: str, function: str) -> list[tuple[int, int, list[str]]]:
     """(start, end, instructions) of each loop in `function` of a cuobjdump -sass listing."""
     code = function_code(sass, function)
     at = {a: i for i, (a, _) in enumerate(code)}
-    loops = []
-    for i, (a, ins) in enumerate(code):
-        target = branch_target(ins)
-        if target is not None and target < a and target in at:
-            first = at[target]
-            loops.append((code[first][0], a, [c for _, c in code[first:i + 1]]))
-    return loops
+    return [(start, end, [c for _, c in code[at[start]:at[end] + 1]]) for start, end in code_loops(code)]
 
 
 def loop_paths(code: list[tuple[int, str]], start: int, end: int,
@@ -176,10 +230,14 @@ def main(argv=None):
                     "(default: the Hopper configuration, TileConfig<..., true>)")
     ap.add_argument("--paths", action="store_true",
                     help="with --static: each path through each loop body and its length")
+    ap.add_argument("--loops", action="store_true",
+                    help="for ncu CSVs: each innermost loop's stall samples by reason")
     ap.add_argument("--top", type=int, default=20)
     args = ap.parse_args(argv)
     if args.static:
         print("\n\n".join(static_report(p, args.function, args.top, args.paths) for p in args.files))
+    elif args.loops:
+        print("\n\n".join(loop_report(p) for p in args.files))
     else:
         print("\n\n".join(report(p, args.top) for p in args.files))
 
