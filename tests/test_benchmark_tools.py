@@ -237,3 +237,29 @@ def test_sass_mix_loops_break_each_innermost_loops_stalls_down_by_reason(tmp_pat
     assert "    math 60%, long_sb 15%" in text  # 24 and 6 of the mma.sync loop's 40 samples
     assert "0x10-0x60" not in text
     main([str(path), "--loops"])
+
+
+def test_sass_mix_static_flags_rescale_factors_from_a_fused_multiply_add(tmp_path):
+    from benchmarks.kernel.sass_mix import static_report
+
+    # alpha = exp2(m_old * scale - base), then tested against 1: from an FADD of two rounded
+    # products (exact when the max is kept), or from an FFMA that fused one of them.
+    def kernel(name, argument):
+        return f"""
+        Function : {name}
+        /*0000*/                   FMUL.FTZ R14, R17, UR18 ;
+        /*0010*/                   FMUL.FTZ R15, R16, UR18 ;
+        /*0020*/                   {argument} ;
+        /*0030*/                   MUFU.EX2 R13, R13 ;
+        /*0040*/                   FADD.FTZ R2, R2, R3 ;
+        /*0050*/                   FSETP.NEU.FTZ.AND P1, PT, R13, 1, PT ;
+        /*0060*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0070*/              @!P0 BRA 0x60 ;
+        /*0080*/                   EXIT ;
+"""
+    path = tmp_path / "k.sass"
+    path.write_text(kernel("exact_Lb1E", "FADD.FTZ R13, -R15, R14")
+                    + kernel("fused_Lb1E", "FFMA.FTZ R13, R17, UR18, -R15"))
+    exact, fused = static_report(path, "exact_Lb1E"), static_report(path, "fused_Lb1E")
+    assert "rescale factors from FADD 1\n" in exact and "not FADD" not in exact
+    assert "rescale factors from FFMA 1  <- not FADD" in fused

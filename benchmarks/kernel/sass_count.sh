@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Without a GPU: compile the Hopper kernel (bf16, head dim 128, sm_90a) with extra flags and print
-# its registers/spills, the static length and opcode mix of its wgmma loops and the length of each
-# path through the inner ones (e.g. an unmasked tile without a rescale), so that a
+# its registers/spills, which opcode feeds each softmax rescale factor (anything but FADD means
+# the rescale is never skipped), the static length and opcode mix of its wgmma loops and the
+# length of each path through the inner ones (e.g. an unmasked tile without a rescale), so that a
 # candidate's instruction count is known before it runs (docs/design.md, "Pipelines and barriers").
 #
 #   benchmarks/kernel/sass_count.sh [-DFLAG=VALUE ...]

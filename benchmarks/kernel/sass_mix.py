@@ -14,7 +14,8 @@ one), its executed instructions and stall samples by reason: where each role's w
     cuobjdump -sass kernel.cubin > kernel.sass      (benchmarks/kernel/sass_count.sh does this)
     python -m benchmarks.kernel.sass_mix --static kernel.sass --function Lb1E
 
-the static loops (backward branches) of the function whose name contains the given text that
+how each softmax rescale factor's exp2 argument is computed (rescale_factor_inputs), then the
+static loops (backward branches) of the function whose name contains the given text that
 issue wgmma, with their length and opcode counts: both tile paths of a loop body are counted,
 so it bounds, not measures, what a pass executes. With --paths, also each path a pass can take
 through the loop body (which forward branches it takes) and its length: what one pass executes
@@ -203,9 +204,40 @@ def loop_paths(code: list[tuple[int, str]], start: int, end: int,
     return sorted(paths)
 
 
+def rescale_factor_inputs(code: list[tuple[int, str]]) -> Counter:
+    """For each test of a softmax rescale factor against 1 (alpha = exp2(m_old * scale - base)),
+    the opcode that computed exp2's argument: FADD when both products were rounded, so that a kept
+    max gives alpha exactly 1 and the rescale is skipped; FFMA when the compiler fused one product
+    into the subtraction, so that alpha carries base's rounding error and nearly every tile
+    rescales (docs/design.md, "The rescale slack")."""
+    ins = [i for _, i in code]
+
+    def written(i: int, reg: str) -> int | None:  # the last instruction before i that writes reg
+        for k in range(i - 1, max(i - 400, -1), -1):
+            words = ins[k].split()
+            words = words[1:] if words and words[0].startswith("@") else words
+            if len(words) > 1 and words[1].rstrip(",") == reg:
+                return k
+        return None
+
+    found = Counter()
+    for i, text in enumerate(ins):
+        test = re.search(r"FSETP\.NEU\S* P\d, PT, (R\d+), 1, PT", text)
+        exp2 = written(i, test.group(1)) if test else None
+        if exp2 is None or "MUFU.EX2" not in ins[exp2]:
+            continue
+        arg = written(exp2, re.findall(r"R\d+", ins[exp2])[1])
+        found[Line(ins[arg], 1, 0).opcode if arg is not None else "?"] += 1
+    return found
+
+
 def static_report(path: Path, function: str, top: int = 20, paths: bool = False) -> str:
     out = []
     sass = path.read_text(encoding="utf-8")
+    factors = rescale_factor_inputs(function_code(sass, function))
+    if factors:
+        out.append(f"{path.name}: rescale factors from " + ", ".join(f"{op} {n}" for op, n in factors.items())
+                   + ("" if set(factors) == {"FADD"} else "  <- not FADD: alpha is not exactly 1 when the max is kept"))
     for start, end, body in static_loops(sass, function):
         ops = Counter(Line(ins, 1, 0).opcode for ins in body)
         if ops["HGMMA"]:
