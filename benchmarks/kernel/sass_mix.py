@@ -41,10 +41,14 @@ class Line:
     reasons: dict[str, int] = field(default_factory=dict)  # stall samples by reason, when exported
 
     @property
-    def opcode(self) -> str:
+    def words(self) -> list[str]:
+        """The instruction's words without its predicate (@P0, @!P1)."""
         words = self.source.split()
-        op = words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
-        return op.split(".")[0]
+        return words[1:] if words[0].startswith("@") and len(words) > 1 else words
+
+    @property
+    def opcode(self) -> str:
+        return self.words[0].split(".")[0]
 
 
 def read_lines(path: Path) -> list[Line]:
@@ -56,13 +60,13 @@ def read_lines(path: Path) -> list[Line]:
     addr = header.index("Address") if "Address" in header else None
     # Per-reason columns (stall_long_sb, ...: all samples; their "(Not Issued)" twins are skipped).
     reasons = [(i, c[len("stall_"):]) for i, c in enumerate(header) if re.fullmatch(r"stall_\w+", c)]
-    count = lambda text: int(text.replace(",", "") or 0)
+    count = lambda text: int(text.replace(",", ""))
     lines = []
     for r in rows[header_at + 1:]:
         try:
             lines.append(Line(r[src].strip(), count(r[exe]), count(r[smp]),
                               int(r[addr], 16) if addr is not None else -1,
-                              {name: count(r[i]) for i, name in reasons}))
+                              {name: count(r[i] or "0") for i, name in reasons}))
         except (IndexError, ValueError):
             continue
     return [ln for ln in lines if ln.source]
@@ -110,14 +114,15 @@ def loop_report(path: Path, top: int = 3) -> str:
     lines = sorted((ln for ln in read_lines(path) if ln.address >= 0), key=lambda ln: ln.address)
     if not lines:
         return f"{path.name}: no addresses in the export"
-    loops = innermost(code_loops([(ln.address, ln.source) for ln in lines]))
     at = {ln.address: i for i, ln in enumerate(lines)}
+    bodies = [lines[at[start]:at[end] + 1]
+              for start, end in innermost(code_loops([(ln.address, ln.source) for ln in lines]))]
     out = []
-    for start, end in sorted(loops, key=lambda se: -sum(ln.executed for ln in lines[at[se[0]]:at[se[1]] + 1])):
-        body = lines[at[start]:at[end] + 1]
-        executed, samples = sum(ln.executed for ln in body), sum(ln.samples for ln in body)
+    for executed, body in sorted(((sum(ln.executed for ln in b), b) for b in bodies),
+                                 key=lambda eb: -eb[0]):
         if not executed:
             continue
+        start, end, samples = body[0].address, body[-1].address, sum(ln.samples for ln in body)
         ops = Counter(ln.opcode for ln in body)
         kind = next((name for op, name in LOOP_KINDS if ops[op]), "other")
         out.append(f"{path.name}: loop {start:#x}-{end:#x} ({kind}): {len(body)} instructions, "
@@ -214,8 +219,7 @@ def rescale_factor_inputs(code: list[tuple[int, str]]) -> Counter:
 
     def written(i: int, reg: str) -> int | None:  # the last instruction before i that writes reg
         for k in range(i - 1, max(i - 400, -1), -1):
-            words = ins[k].split()
-            words = words[1:] if words and words[0].startswith("@") else words
+            words = Line(ins[k], 1, 0).words
             if len(words) > 1 and words[1].rstrip(",") == reg:
                 return k
         return None
