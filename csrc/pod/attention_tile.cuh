@@ -1,9 +1,10 @@
-// The per-warp attention step shared by both tile kinds: 16*M query rows against NK keys of the
-// K/V tile in shared memory (S = Q K^T, masked online softmax, O += P V) on mma.sync m16n8k16.
-// A prefill warp takes all keys of the tile for its own 16*M rows (M = 1 unless a tuning build
-// says otherwise); a decode warp takes a 16-key slice for the tile's only 16 rows (on an fp8
-// cache straight from K's and V's byte tiles, regrouped in registers into fp16 fragments). The
-// masked softmax and the P fragments are shared with the Hopper prefill step (attention_tile_sm90.cuh).
+// The per-warp attention step on mma.sync m16n8k16 with query rows on the 16-row side: 16*M rows
+// against NK keys of the K/V tile in shared memory (S = Q K^T, masked online softmax, O += P V).
+// A prefill warp of the mma.sync tile takes all keys of the tile for its own 16*M rows; an fp8
+// cache's decode warp takes a 16-key slice for the item's 16 rows, straight from K's and V's byte
+// tiles, regrouped in registers into fp16 fragments (16-bit caches decode with the operands
+// swapped: decode_tile.cuh). The score modifiers, the masked softmax and the P fragments are
+// shared with the Hopper prefill step (attention_tile_sm90.cuh) and the decode step.
 #pragma once
 #include <cmath>
 #include "ptx.cuh"
@@ -135,15 +136,30 @@ __device__ __forceinline__ void with_mask(bool masked, Step&& step) {
   else step(ScoreMods<false, kSoftcap>{});
 }
 
+// What a tile step does to a raw score before the softmax: the soft-cap (tanh), and the mask,
+// which hides keys past kv_end, past the row at sequence position row_pos (causal) and before the
+// row's sliding window.
+__device__ __forceinline__ float softcapped(float s, const PodParams& p) {
+  return tanh_exp2(s * p.softcap_in) * p.softcap_out;
+}
+__device__ __forceinline__ bool key_masked(int key, int row_pos, int kv_end, const PodParams& p) {
+  return key >= kv_end || key > row_pos + POD_PLANT_CAUSAL_SHIFT || key < row_pos - p.window_left;
+}
+
 // How far (log2 units) a row's scores may exceed its running max before the max moves (online_softmax).
 constexpr float kRescaleSlackLog2 = 8.f;
 
-// Soft-caps (Mods::kSoftcap), masks (Mods::kMask) and folds one tile's raw scores s of m-tile mt
-// into the running max and sum; on return s holds the tile's probabilities, unnormalised (exp2 of
+// The running max a row keeps when a tile's scores reach mx (raw scores; m_old the max so far):
+// m_old unless mx exceeds it by more than the slack.
+__device__ __forceinline__ float kept_max(float m_old, float mx, float scale_log2) {
+  return mx * scale_log2 <= fmaf(m_old, scale_log2, kRescaleSlackLog2) ? m_old : mx;
+}
+
+// Soft-caps and masks one tile's raw scores s of m-tile mt (softcapped, key_masked) and folds them into
+// the running max and sum; on return s holds the tile's probabilities, unnormalised (exp2 of
 // scaled scores minus the running max), and alpha the factor by which the m-tile's o must be
 // rescaled (rescale_o) before this tile's P V is added. pos: the sequence positions of this
-// thread's two rows. The mask hides keys past kv_end, past the row (causal) and before the row's
-// sliding window.
+// thread's two rows.
 template <class Cfg, int M, int NK, class Mods>
 __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, float (&s)[NK / 8][4],
                                                int key0, int kv_end, const int (&pos)[2],
@@ -154,18 +170,14 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, fl
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] = tanh_exp2(s[j][e] * p.softcap_in) * p.softcap_out;
+      for (int e = 0; e < 4; ++e) s[j][e] = softcapped(s[j][e], p);
   }
   if constexpr (Mods::kMask) {
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + j * 8 + 2 * (lane & 3) + (e & 1);
-        const int row_pos = pos[e >> 1];
-        if (key >= kv_end || key > row_pos + POD_PLANT_CAUSAL_SHIFT || key < row_pos - p.window_left)
-          s[j][e] = -INFINITY;
-      }
+      for (int e = 0; e < 4; ++e)
+        if (key_masked(key0 + j * 8 + 2 * (lane & 3) + (e & 1), pos[e >> 1], kv_end, p)) s[j][e] = -INFINITY;
   }
 
   // Online softmax in the log2 domain (exp2 of scaled scores). The running max moves only when a
@@ -180,10 +192,12 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, fl
     for (int j = 0; j < NK / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-    if (mx * scale_log2 <= fmaf(st.m[mt][r], scale_log2, kRescaleSlackLog2)) mx = st.m[mt][r];
+    mx = kept_max(st.m[mt][r], mx, scale_log2);
     // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives exact zeros.
-    const float base = mx == -INFINITY ? 0.f : mx * scale_log2;
-    alpha[r] = exp2f(st.m[mt][r] * scale_log2 - base);
+    // Both products rounded (__fmul_rn is never fused into an FMA): with the max kept they are
+    // equal, so alpha is exactly 1 and the rescale is skipped.
+    const float base = mx == -INFINITY ? 0.f : __fmul_rn(mx, scale_log2);
+    alpha[r] = exp2f(__fmul_rn(st.m[mt][r], scale_log2) - base);
     st.m[mt][r] = mx;
     float sum = 0.f;
 #pragma unroll

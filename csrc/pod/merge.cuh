@@ -2,7 +2,7 @@
 // (shared memory) and across the KV-splits of a work item (workspace, merged by the last split).
 #pragma once
 #include <cmath>
-#include "attention_tile.cuh"
+#include "decode_tile.cuh"
 
 namespace pod {
 
@@ -90,53 +90,84 @@ __device__ __forceinline__ void store_warp_rows(WarpState<Cfg, M>& st, const Row
     }
 }
 
-// Decode: the warps hold the same 16 rows over different keys; combine them through shared memory
-// (which the team has finished using for tiles) and write the rows with all its threads.
-template <class Cfg, class Team>
-__device__ __forceinline__ void merge_decode_warps(WarpState<Cfg, 1>& st, const RowSink<Cfg>& sink,
+// Decode: the warps hold the same rows over different keys; each computing warp puts its
+// normalised rows and their log2-sum-exp into shared memory (which the team has finished using
+// for tiles), s_o [warp][row][D] and s_lse [warp][row], and merge_decode_warps combines them.
+// An fp8 cache's warp state (warp_attend): rows on the m16 side, dims permuted by its P V.
+template <class Cfg>
+__device__ __forceinline__ void stage_decode_rows(WarpState<Cfg, 1>& st, float* s_o, float* s_lse,
+                                                  float scale_log2, float out_scale) {
+  static_assert(Cfg::kFp8, "16-bit caches decode with DecodeState");
+  constexpr int D = Cfg::D;
+  const int lane = threadIdx.x & 31;
+  float lse[1][2];
+  const float no_sinks[1][2] = {{-INFINITY, -INFINITY}};
+  st.finalize(scale_log2, lse, no_sinks, out_scale);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = (lane >> 2) + 8 * r;
+    // Column n of n-tile 4q + i holds dim 4 (8q + n) + i, so lane t's columns 2t and 2t + 1 of
+    // n-tiles 4q .. 4q + 3 are dims 32q + 8t .. 32q + 8t + 7.
+#pragma unroll
+    for (int q = 0; q < D / 32; ++q)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        *reinterpret_cast<float4*>(s_o + row * D + 32 * q + 8 * (lane & 3) + 4 * e) =
+            make_float4(st.o[0][4 * q][2 * r + e], st.o[0][4 * q + 1][2 * r + e],
+                        st.o[0][4 * q + 2][2 * r + e], st.o[0][4 * q + 3][2 * r + e]);
+    if ((lane & 3) == 0) s_lse[row] = lse[0][r];
+  }
+}
+// A 16-bit cache's (decode_tile.cuh): 8 rows from row0, on the n8 side.
+template <class Cfg>
+__device__ __forceinline__ void stage_decode_rows(DecodeState<Cfg>& st, float* s_o, float* s_lse,
+                                                  int row0, float scale_log2) {
+  constexpr int D = Cfg::D;
+  const int lane = threadIdx.x & 31, g = lane >> 2;
+  float lse[2];
+  st.finalize(scale_log2, lse);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 2 * (lane & 3) + r;
+#pragma unroll
+    for (int j = 0; j < D / 16; ++j) {
+      s_o[row * D + 16 * j + g] = st.o[j][r];
+      s_o[row * D + 16 * j + g + 8] = st.o[j][2 + r];
+    }
+    if (g == 0) s_lse[row] = lse[r];
+  }
+}
+
+// Combines the decode warps' rows and writes them with all the team's threads.
+template <class Cfg, class State, class Team>
+__device__ __forceinline__ void merge_decode_warps(State& st, const RowSink<Cfg>& sink,
                                                    float* scratch, int used, const Team& team) {
   constexpr int D = Cfg::D, R = Cfg::kDecodeRows;
   float* s_o = scratch;                           // [kDecodeWarps][R][D]
   float* s_lse = scratch + Cfg::kWarps * R * D;   // [kDecodeWarps][R]
-  const int warp = team.warp(), lane = threadIdx.x & 31;
+  const int warp = team.warp();
   if (warp < Cfg::kDecodeWarps) {
-    float lse[1][2];
-    const float no_sinks[1][2] = {{-INFINITY, -INFINITY}};
-    st.finalize(sink.p.scale_log2, lse, no_sinks, sink.p.out_scale);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = (lane >> 2) + 8 * r;
-      float* o_row = s_o + (warp * R + row) * D;
-      if constexpr (Cfg::kFp8) {
-        // warp_attend's fp8 P V: column n of n-tile 4q + i holds dim 4 (8q + n) + i, so lane t's
-        // columns 2t and 2t + 1 of n-tiles 4q .. 4q + 3 are dims 32q + 8t .. 32q + 8t + 7.
-#pragma unroll
-        for (int q = 0; q < D / 32; ++q)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            *reinterpret_cast<float4*>(o_row + 32 * q + 8 * (lane & 3) + 4 * e) =
-                make_float4(st.o[0][4 * q][2 * r + e], st.o[0][4 * q + 1][2 * r + e],
-                            st.o[0][4 * q + 2][2 * r + e], st.o[0][4 * q + 3][2 * r + e]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j)
-          *reinterpret_cast<float2*>(o_row + 8 * j + 2 * (lane & 3)) =
-              make_float2(st.o[0][j][2 * r], st.o[0][j][2 * r + 1]);
-      }
-      if ((lane & 3) == 0) s_lse[warp * R + row] = lse[0][r];
-    }
+    if constexpr (Cfg::kFp8)
+      stage_decode_rows<Cfg>(st, s_o + warp * R * D, s_lse + warp * R, sink.p.scale_log2, sink.p.out_scale);
+    else
+      stage_decode_rows<Cfg>(st, s_o + warp * R * D, s_lse + warp * R, decode_warp_share(warp, used).row0,
+                             sink.p.scale_log2);
   }
+  // The warps that hold a row: all of them, or (16-bit caches, items over 8 rows) those of its half.
+  auto holds = [&](int w, int row) { return Cfg::kFp8 || decode_warp_share(w, used).row0 == (row & ~7); };
   team.sync();
   for (int idx = team.tid; idx < used * (D / 2); idx += Team::kThreads) {
     const int row = idx / (D / 2), d = (idx % (D / 2)) * 2;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < Cfg::kDecodeWarps; ++w) mx = fmaxf(mx, s_lse[w * R + row]);
+    for (int w = 0; w < Cfg::kDecodeWarps; ++w)
+      if (holds(w, row)) mx = fmaxf(mx, s_lse[w * R + row]);
     // A row may see no key in a KV-split outside its sliding window: then every warp's lse is -inf.
     const float base = mx == -INFINITY ? 0.f : mx;
     float a0 = 0.f, a1 = 0.f, wsum = 0.f;
 #pragma unroll
     for (int w = 0; w < Cfg::kDecodeWarps; ++w) {
+      if (!holds(w, row)) continue;
       const float wt = exp2f(s_lse[w * R + row] - base);  // empty warps: exp2(-inf) = 0
       const float2 v = *reinterpret_cast<const float2*>(s_o + (w * R + row) * D + d);
       a0 += wt * v.x;

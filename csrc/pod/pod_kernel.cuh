@@ -62,13 +62,20 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
 
   const int warp = team.warp(), lane = threadIdx.x & 31;
   const int used = it.n_tok * it.nh;
+  // 16-bit decode tiles hold 8 rows per warp on the MMA's n8 side (decode_tile.cuh), the others
+  // 16 rows per m-tile on m16.
+  constexpr bool kSwapped = kIsDecode && !Cfg::kFp8;
+  using State = std::conditional_t<kSwapped, DecodeState<Cfg>, WarpState<Cfg, kM>>;
+  const DecodeWarpShare share = decode_warp_share(warp, used);
   int row_pos[kM][2];  // sequence positions of this thread's rows
 #pragma unroll
-  for (int mt = 0; mt < kM; ++mt)
-    thread_row_positions(it, kIsDecode ? 0 : Cfg::prefill_row(warp, mt), lane, row_pos[mt]);
+  for (int mt = 0; mt < kM; ++mt) {
+    if constexpr (kSwapped) decode_row_positions(it, share.row0, lane, row_pos[mt]);
+    else thread_row_positions(it, kIsDecode ? 0 : Cfg::prefill_row(warp, mt), lane, row_pos[mt]);
+  }
   const TileMask needs_mask = tile_mask(it, kKeys, p.window_left);
 
-  WarpState<Cfg, kM> st;
+  State st;
   st.init();
   const int num_tiles = num_kv_tiles(it, kKeys);
   // One commit group per K/V tile, into its stage of the ring: waiting for tile t leaves the (up
@@ -122,12 +129,19 @@ __device__ __forceinline__ void run_item(const PodParams& p, const WorkItem& it,
         using Mods = decltype(mods);
         if constexpr (kIsDecode) {
           if (warp < Cfg::kDecodeWarps) {
-            const int kw0 = warp * Cfg::kDecodeWarpKeys;
-            // fp8: K's and V's bytes, straight from the stage, and the query in fp16 (warp_attend).
-            const T* keys = kBytesOnly ? reinterpret_cast<const T*>(stK(stage)) : sK(stage);
-            const T* values = kBytesOnly ? reinterpret_cast<const T*>(stV(stage)) : sV(stage);
-            warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(st, sQ, keys, values, 0, kw0,
-                                                            tile_start + kw0, it.kv_end, row_pos, p);
+            if constexpr (kSwapped) {
+              for (int i = 0; i < share.slices; ++i) {
+                const int kw0 = (share.slice0 + i) * Cfg::kDecodeWarpKeys;
+                decode_attend<Cfg, Mods>(st, sQ, sK(stage), sV(stage), share.row0, kw0, tile_start + kw0,
+                                         it.kv_end, row_pos[0], p);
+              }
+            } else {
+              // fp8: K's and V's bytes, straight from the stage, and the query in fp16 (warp_attend).
+              const int kw0 = warp * Cfg::kDecodeWarpKeys;
+              warp_attend<Cfg, 1, Cfg::kDecodeWarpKeys, Mods>(
+                  st, sQ, reinterpret_cast<const T*>(stK(stage)), reinterpret_cast<const T*>(stV(stage)),
+                  0, kw0, tile_start + kw0, it.kv_end, row_pos, p);
+            }
           }
         } else if constexpr (kWgmma) {
 #ifdef POD_HOPPER_PREFILL

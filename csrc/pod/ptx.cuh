@@ -74,6 +74,14 @@ struct MmaOp {
   }
 };
 
+// The transpose of an 8x8 matrix of 16-bit values held one row per four lanes (lane l: row l / 4,
+// columns 2 (l % 4) and 2 (l % 4) + 1): the m16n8 accumulator layout in, the B-operand layout out.
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 // Two e4m3 values (bytes 0 and 1 of w, or with kHigh bytes 2 and 3; lowest first) as two fp16
 // values in one register: exact. The conversion reads a 16-bit half of w directly (no shift).
 template <bool kHigh = false>

@@ -36,7 +36,9 @@ struct TileConfig {
   __device__ __forceinline__ static int prefill_row(int warp, int mt) {
     return kHopper ? 64 * mt + 16 * warp : 16 * (kPrefillMTiles * warp + mt);
   }
-  // Decode tile: 16 rows (a GQA group packed into one MMA tile); the warps split the keys instead.
+  // Decode tile: up to 16 rows (a GQA group, or a short query's tokens times the group); the warps
+  // split the keys instead (decode_warp_share: 16-bit caches give items over 8 rows two slices per
+  // warp, one 8-row half each).
   static constexpr int kDecodeRows = 16;
   static constexpr int kDecodeWarpKeys = 16;
   static constexpr int kDecodeKeys = D <= 128 ? 64 : 32;  // halved at D=256 for two CTAs per SM
