@@ -149,10 +149,18 @@ __device__ __forceinline__ bool key_masked(int key, int row_pos, int kv_end, con
 // How far (log2 units) a row's scores may exceed its running max before the max moves (online_softmax).
 constexpr float kRescaleSlackLog2 = 8.f;
 
-// The running max a row keeps when a tile's scores reach mx (raw scores; m_old the max so far):
-// m_old unless mx exceeds it by more than the slack.
-__device__ __forceinline__ float kept_max(float m_old, float mx, float scale_log2) {
-  return mx * scale_log2 <= fmaf(m_old, scale_log2, kRescaleSlackLog2) ? m_old : mx;
+// A row's running max m (raw scores) when a tile's scores reach mx: kept unless mx exceeds it by
+// more than the slack. Returns the new max in log2 units, the base the tile's terms are taken
+// against (0 for a row with no visible key so far: its max stays -inf and exp2 gives exact zeros),
+// and sets alpha, the factor for what was accumulated against the old max. Both products are
+// rounded on their own (__fmul_rn is never fused into an FMA): with the max kept they are equal, so
+// alpha is exactly 1 and the rescale is skipped.
+__device__ __forceinline__ float advance_max(float& m, float mx, float scale_log2, float& alpha) {
+  if (mx * scale_log2 <= fmaf(m, scale_log2, kRescaleSlackLog2)) mx = m;
+  const float base = mx == -INFINITY ? 0.f : __fmul_rn(mx, scale_log2);
+  alpha = exp2f(__fmul_rn(m, scale_log2) - base);
+  m = mx;
+  return base;
 }
 
 // Soft-caps and masks one tile's raw scores s of m-tile mt (softcapped, key_masked) and folds them into
@@ -192,13 +200,7 @@ __device__ __forceinline__ void online_softmax(WarpState<Cfg, M>& st, int mt, fl
     for (int j = 0; j < NK / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-    mx = kept_max(st.m[mt][r], mx, scale_log2);
-    // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives exact zeros.
-    // Both products rounded (__fmul_rn is never fused into an FMA): with the max kept they are
-    // equal, so alpha is exactly 1 and the rescale is skipped.
-    const float base = mx == -INFINITY ? 0.f : __fmul_rn(mx, scale_log2);
-    alpha[r] = exp2f(__fmul_rn(st.m[mt][r], scale_log2) - base);
-    st.m[mt][r] = mx;
+    const float base = advance_max(st.m[mt][r], mx, scale_log2, alpha[r]);
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j) {

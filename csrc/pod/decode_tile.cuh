@@ -112,11 +112,7 @@ __device__ __forceinline__ void decode_attend(DecodeState<Cfg>& st, const typena
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 4));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 8));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 16));
-    mx = kept_max(st.m[r], mx, scale_log2);
-    // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives exact zeros.
-    const float base = mx == -INFINITY ? 0.f : __fmul_rn(mx, scale_log2);  // as online_softmax's
-    alpha[r] = exp2f(__fmul_rn(st.m[r], scale_log2) - base);
-    st.m[r] = mx;
+    const float base = advance_max(st.m[r], mx, scale_log2, alpha[r]);
     e[r] = exp2f(fmaf(e[r], scale_log2, -base));
     e[2 + r] = exp2f(fmaf(e[2 + r], scale_log2, -base));
     st.l[r] = st.l[r] * alpha[r] + e[r] + e[2 + r];
