@@ -53,7 +53,7 @@ DECODE_TILE_ROWS = 16
 # dim 256) and tuning builds may differ, so the backend passes the device's value
 # (ops.device_prefill_tile_rows).
 DEFAULT_PREFILL_TILE_ROWS = 64
-SPLIT_ALIGN = 64  # KV-split boundaries are multiples of every kernel key tile
+SPLIT_ALIGN = 64  # KV-split boundaries: multiples of the decode tiles' keys (a prefill tile may end partial)
 MIN_SPLIT_KEYS = {"decode": 256, "prefill": 1024}
 # A queue is KV-split only while it has fewer items than this many per CTA slot. Prefill pieces
 # cost a partial tile of up to 128 rows written, re-read and merged, so prefill splits only to

@@ -72,6 +72,10 @@ using SsOp = decltype(cute::SM90::GMMA::ss_op_selector<
                       typename CuteType<T>::type, typename CuteType<T>::type, float,
                       cute::Shape<cute::_64, cute::Int<N>, cute::_16>,
                       cute::SM90::GMMA::Major::K, cute::SM90::GMMA::Major::K>());
+template <int N>
+using SsOpE4m3 = decltype(cute::SM90::GMMA::ss_op_selector<
+                          cute::float_e4m3_t, cute::float_e4m3_t, float, cute::Shape<cute::_64, cute::Int<N>, cute::_32>,
+                          cute::SM90::GMMA::Major::K, cute::SM90::GMMA::Major::K>());
 template <typename T, int N>
 using RsOp = decltype(cute::SM90::GMMA::rs_op_selector<
                       typename CuteType<T>::type, typename CuteType<T>::type, float,
@@ -115,8 +119,7 @@ __device__ __forceinline__ uint64_t kmajor_desc_e4m3(const void* tile, int kk) {
 // per k-step, half bf16's wgmmas; issued and committed as one group, not waited for.
 template <class Cfg, int NK>
 __device__ __forceinline__ void issue_qk_e4m3(const void* sQ, int mt, const void* sK, float (&s)[NK / 8][4]) {
-  static_assert(NK == 64, "m64n64k32");
-  using Op = cute::SM90::GMMA::MMA_64x64x32_F32E4M3E4M3_SS_TN<>;
+  using Op = SsOpE4m3<NK>;
   const uint8_t* q = static_cast<const uint8_t*>(sQ) + mt * 64 * Cfg::D;
   float* sf = &s[0][0];
   fence_accumulators<NK / 2>(sf);

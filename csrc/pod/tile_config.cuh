@@ -30,7 +30,12 @@ struct TileConfig {
   static constexpr int kPrefillMTiles = kHopper && D <= 128 ? 2 : 1;
   static constexpr int kMTileRows = kHopper ? 64 : 16;  // rows of one m-tile (wgmma m64, mma m16)
   static constexpr int kPrefillRows = kMTileRows * kPrefillMTiles * (kHopper ? 1 : kWarps);
-  static constexpr int kPrefillKeys = D > 128 ? 32 : 64;  // 32 at D=256 keep two CTAs per SM
+  // Keys per prefill K/V tile: 32 at D=256 keep two CTAs per SM; 128 in the Hopper tile at D=64,
+  // whose accumulators leave the consumers room for a 128-key S tile beside the P in flight (the
+  // per-key share of the tile's fixed work halves: 0.87x the time of 64-key tiles on prefill; at
+  // D=128 it does not fit beside the decode warpgroup, docs/design.md, "Where the prefill gap is
+  // now"). Tiles start at their item's kv_start, so a KV-split's last one may be partial (masked).
+  static constexpr int kPrefillKeys = kHopper && D == 64 ? 128 : D > 128 ? 32 : 64;
   // First query row of a warp's m-tile mt: mma.sync warps own consecutive m16 tiles; in a wgmma
   // m64 tile each warp holds a 16-row slice.
   __device__ __forceinline__ static int prefill_row(int warp, int mt) {
@@ -75,7 +80,7 @@ struct TileConfig {
   static_assert(kMergeBytes <= kDecodeBytes && kDecodeBytes <= kSmemBytes,
                 "the decode merge fits the decode region, which fits the tile region");
   static_assert(kChunks >= 8, "the XOR swizzle needs at least 8 chunks per row");
-  static_assert(64 % kPrefillKeys == 0 && 64 % kDecodeKeys == 0, "plan.py aligns KV splits to 64 keys");
+  static_assert(64 % kDecodeKeys == 0, "plan.py aligns KV splits to 64 keys: whole decode tiles");
 
   // Offset (elements) of column `col` (a multiple of 8) of row `row` in a swizzled [rows][D] tile:
   // 16-byte chunks XOR-ed with the row so ldmatrix's 8 row addresses hit 8 distinct bank groups.
