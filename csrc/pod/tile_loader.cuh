@@ -62,9 +62,10 @@ __device__ __forceinline__ void load_query_rows(typename Cfg::T* sQ, const PodPa
 }
 
 // Which 16-byte column chunk c of which kKeysPerThread consecutive keys (from key0) a thread of
-// the team copies in a K/V tile of Elem values; those keys lie in one page (tile starts are
-// multiples of kKeys, and kKeysPerThread divides 16, the smallest block size): one block-table
-// read per thread and tile instead of one per key (11% faster over the benchmark grid on an H100).
+// the team copies in a K/V tile of Elem values; those keys lie in one page (tiles start at an
+// item's kv_start, a multiple of 64 (plan.py's SPLIT_ALIGN), plus whole tiles, so at multiples of
+// min(kKeys, 64), and kKeysPerThread divides 16, the smallest block size): one block-table read
+// per thread and tile instead of one per key (11% faster over the benchmark grid on an H100).
 template <class Cfg, int kKeys, typename Elem>
 struct KvChunkMap {
   static constexpr int kChunkElems = 16 / sizeof(Elem);
